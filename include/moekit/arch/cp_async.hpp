@@ -2,7 +2,8 @@
 // cp.async (sm_80+): asynchronous global -> shared copies of 4, 8 or 16 bytes, grouped by
 // commit and waited for by wait_group<N> (all but the N most recent groups complete).
 // The emulator defers each copy until its group is waited for, as hardware may: a kernel that
-// reads the destination before waiting sees stale data (and initcheck reports it).
+// reads the destination before waiting sees stale data (and initcheck reports it), while
+// racecheck treats the destination as written from the moment the copy is issued.
 
 #include <cstdint>
 
@@ -35,6 +36,8 @@ void cp_async(void* dst, void const* src, unsigned src_bytes = Bytes) {
   if (src_bytes > Bytes) {
     rt.fail(t, emu::Finding::invalid_operation, rt.who(t) + " asks cp.async to read more bytes than it copies");
   }
+  // The copy may land any time between now and its wait: racecheck sees a write from now on.
+  rt.shared_access(t, dst, Bytes, /*is_write=*/true, /*initializes=*/false);
   t.open_copies.push_back({dst, src, static_cast<std::uint32_t>(Bytes), src_bytes});
 }
 inline void cp_async_commit() {

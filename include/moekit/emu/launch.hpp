@@ -87,6 +87,7 @@ LaunchResult launch(LaunchConfig const& config, LaunchOptions const& options, Ke
 
 // The same with the options of the environment (LaunchOptions::from_environment).
 template <class Kernel, class... Args>
+  requires(!std::is_same_v<std::decay_t<Kernel>, LaunchOptions>)
 LaunchResult launch(LaunchConfig const& config, Kernel&& kernel, Args&&... args) {
   return launch(config, LaunchOptions::from_environment(), std::forward<Kernel>(kernel), std::forward<Args>(args)...);
 }

@@ -368,7 +368,7 @@ struct Runtime {
     return true;
   }
 
-  void shared_access(Thread& t, void const* p, std::size_t n, bool is_write) {
+  void shared_access(Thread& t, void const* p, std::size_t n, bool is_write, bool initializes = true) {
     Block& b = *t.block;
     std::size_t offset = 0;
     if (!b.shadow.active() || !in_shared(b, p, offset)) {
@@ -376,7 +376,7 @@ struct Runtime {
     }
     Accessor const a{t.linear, t.warp->index, b.epoch, t.warp->full_syncs};
     Conflict c{};
-    bool const found = is_write ? b.shadow.on_write(offset, n, a, c) : b.shadow.on_read(offset, n, a, c);
+    bool const found = is_write ? b.shadow.on_write(offset, n, a, c, initializes) : b.shadow.on_read(offset, n, a, c);
     if (found) {
       std::string msg = who(t) + (is_write ? " writes " : " reads ") + std::to_string(n) +
                         " byte(s) of shared memory at offset " + std::to_string(offset) + " (conflict at byte " +

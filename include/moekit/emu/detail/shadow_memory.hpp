@@ -60,11 +60,14 @@ class SharedShadow {
     return found;
   }
 
-  [[nodiscard]] bool on_write(std::size_t offset, std::size_t n, Accessor const& a, Conflict& out) {
+  // `initializes` is false for the issue of an asynchronous copy: it races like a write from
+  // then on, but the bytes hold their data only when the copy completes.
+  [[nodiscard]] bool on_write(std::size_t offset, std::size_t n, Accessor const& a, Conflict& out,
+                              bool initializes = true) {
     bool found = false;
     for (std::size_t i = offset; i < offset + n && i < cells_.size(); ++i) {
       Cell& c = cells_[i];
-      c.written = true;
+      c.written = c.written || initializes;
       if (!races_) {
         continue;
       }

@@ -165,7 +165,9 @@ inline std::string place(std::source_location const& l) {
 }
 
 inline std::string format_dim(Dim3 d) {
-  return "(" + std::to_string(d.x) + "," + std::to_string(d.y) + "," + std::to_string(d.z) + ")";
+  char buf[48];
+  std::snprintf(buf, sizeof buf, "(%u,%u,%u)", d.x, d.y, d.z);
+  return buf;
 }
 
 struct Runtime {

@@ -10,12 +10,6 @@
 // Everything the runtime keeps lives on the heap, never on a fiber's stack, so an aborted
 // launch can drop its threads' stacks without unwinding them.
 
-#if defined(__SANITIZE_ADDRESS__) && !defined(BOOST_USE_UCONTEXT)
-// Boost.Context tells ASan about stack switches only on its ucontext back end.
-#define BOOST_USE_UCONTEXT
-#define BOOST_USE_ASAN
-#endif
-
 #include <boost/context/fiber.hpp>
 #include <cstddef>
 #include <cstdint>
@@ -36,6 +30,7 @@
 #include "moekit/config.hpp"
 #include "moekit/emu/diagnostics.hpp"
 #include "moekit/emu/launch_config.hpp"
+#include "moekit/emu/detail/sanitizer.hpp"
 #include "moekit/emu/detail/shadow_memory.hpp"
 #include "moekit/emu/detail/stack_pool.hpp"
 
@@ -116,17 +111,23 @@ struct Thread {
 
 using CollectiveFn = void (*)(Warp&, std::uint32_t mask);
 
-struct Warp {
-  std::uint32_t index = 0;
-  std::uint32_t exists = 0;  // lanes that exist (the last warp of a block may be partial)
-  std::uint32_t exited = 0;
-  Thread* lanes[32] = {};
-  // The collective in progress.
+// A warp collective in progress: the lanes that named `mask` and have arrived so far.
+struct Collective {
   std::uint32_t arrived = 0;
   std::uint32_t mask = 0;
   char const* what = "";
   CollectiveFn fn = nullptr;
   std::source_location where;
+};
+
+struct Warp {
+  std::uint32_t index = 0;
+  std::uint32_t exists = 0;  // lanes that exist (the last warp of a block may be partial)
+  std::uint32_t exited = 0;
+  Thread* lanes[32] = {};
+  // The collectives in progress: lanes in divergent branches may each run one over disjoint
+  // masks (e.g. __shfl_sync(0x0000ffff, ...) and __shfl_sync(0xffff0000, ...)) at once.
+  std::vector<Collective> open;
   std::uint32_t full_syncs = 0;  // collectives in which every live lane took part
 };
 
@@ -185,6 +186,7 @@ struct Runtime {
   std::vector<std::unique_ptr<Block>> resident;
   std::vector<std::uint32_t> pending_blocks;  // linear block indices not yet started
   std::uint64_t steps_since_progress = 0;
+  StackBounds scheduler_stack;  // the OS thread's stack, as ASan must be told when switching to it
   // The grid barrier in progress (cooperative launches).
   std::uint64_t grid_arrived = 0;
   std::uint64_t grid_threads = 0;
@@ -218,7 +220,11 @@ struct Runtime {
   }
 
   // ---- switching (called on the emulated thread's fiber) ------------------------------------------
-  void suspend(Thread& t) { t.scheduler = std::move(t.scheduler).resume(); }
+  void suspend(Thread& t) {
+    FiberSwitch to_scheduler(scheduler_stack);
+    t.scheduler = std::move(t.scheduler).resume();
+    to_scheduler.arrived(&scheduler_stack);
+  }
 
   void wait(Thread& t, WaitKind kind, char const* what, std::source_location where) {
     t.state = Thread::State::waiting;
@@ -298,21 +304,20 @@ struct Runtime {
            who(t) + " calls " + what + " (" + place(where) + ") with mask " + hex(mask) + " naming lanes " +
                hex(needed & w.exited) + " that have exited");
     }
-    if (w.arrived == 0) {
-      w.mask = needed;
-      w.fn = fn;
-      w.what = what;
-      w.where = where;
-    } else if (w.mask != needed || w.fn != fn) {
+    // A collective whose mask overlaps ours must be the same one, with the same mask.
+    auto c = std::find_if(w.open.begin(), w.open.end(), [&](Collective const& o) { return (o.mask & needed) != 0; });
+    if (c == w.open.end()) {
+      c = w.open.insert(w.open.end(), Collective{0, needed, what, fn, where});
+    } else if (c->mask != needed || c->fn != fn) {
       fail(t, Finding::warp_divergence,
            who(t) + " calls " + what + " (" + place(where) + ") with mask " + hex(needed) +
-               " while lanes " + hex(w.arrived) + " of warp " + std::to_string(w.index) + " wait in " + w.what +
-               " (" + place(w.where) + ") with mask " + hex(w.mask));
+               " while lanes " + hex(c->arrived) + " of warp " + std::to_string(w.index) + " wait in " + c->what +
+               " (" + place(c->where) + ") with mask " + hex(c->mask));
     }
-    w.arrived |= bit;
-    if (w.arrived == needed) {
+    c->arrived |= bit;
+    if (c->arrived == needed) {
+      w.open.erase(c);
       fn(w, needed);
-      w.arrived = 0;
       if (needed == (w.exists & ~w.exited)) {
         ++w.full_syncs;
       }
@@ -449,10 +454,12 @@ struct Runtime {
            who(t) + " exited while " + std::to_string(b.arrived) + " thread(s) of its block wait at " +
                b.barrier_what + " (" + place(b.barrier_where) + ")");
     }
-    if (w.arrived != 0 && (w.mask >> t.lane & 1u) != 0) {
-      fail(t, Finding::exited_at_barrier,
-           who(t) + " exited while lanes " + hex(w.arrived) + " of its warp wait for it in " + w.what + " (" +
-               place(w.where) + ")");
+    for (Collective const& c : w.open) {
+      if ((c.mask >> t.lane & 1u) != 0) {
+        fail(t, Finding::exited_at_barrier,
+             who(t) + " exited while lanes " + hex(c.arrived) + " of its warp wait for it in " + c.what + " (" +
+                 place(c.where) + ")");
+      }
     }
     if (grid_arrived != 0) {
       fail(t, Finding::exited_at_barrier,
@@ -492,9 +499,11 @@ struct Runtime {
       t.fiber.emplace(boost::context::fiber(
           std::allocator_arg, PooledStack{&t.stack, options.stack_bytes},
           [rt, &t](boost::context::fiber&& scheduler) {
+            FiberSwitch::entered(&rt->scheduler_stack);
             t.scheduler = std::move(scheduler);
             rt->body(rt->body_context);
             rt->on_exit(t);
+            FiberSwitch::leave_for_good(rt->scheduler_stack);
             return std::move(t.scheduler);
           }));
       ready.push_back(&t);
@@ -548,7 +557,11 @@ struct Runtime {
       Block* b = t->block;
       t->state = Thread::State::running;
       current_thread = t;
-      t->fiber.resume();
+      {
+        FiberSwitch to_thread(StackBounds{static_cast<char*>(t->stack.sp) - t->stack.size, t->stack.size});
+        t->fiber.resume();
+        to_thread.arrived(nullptr);
+      }
       current_thread = nullptr;
       ++result.context_switches;
       if (++steps_since_progress > livelock_steps) {

@@ -105,15 +105,7 @@ function(moekit_add_header_test target)
   if(TARGET moekit_dev_flags)
     target_link_libraries(${target} PRIVATE moekit_dev_flags)
   endif()
-  if(arg_LANGUAGE STREQUAL "CUDA")
-    # moekit needs C++20 under nvcc too. CMake 3.25 has no CUDA20 dialect flag for nvcc: name it
-    # where CMake cannot.
-    if(DEFINED CMAKE_CUDA20_STANDARD_COMPILE_OPTION)
-      set_target_properties(${target} PROPERTIES CUDA_STANDARD 20 CUDA_STANDARD_REQUIRED ON)
-    else()
-      target_compile_options(${target} PRIVATE $<$<COMPILE_LANGUAGE:CUDA>:-std=c++20>)
-    endif()
-  endif()
+  # C++20 under nvcc comes from moekit::moekit's interface options.
   add_test(NAME ${target} COMMAND ${target})
   set_tests_properties(${target} PROPERTIES LABELS "${arg_LABELS}" TIMEOUT 60)
 endfunction()

@@ -1,12 +1,9 @@
 // A consumer of moekit::moekit: what a project that only links the target gets.
-// TODO(umbrella): include <moekit/moekit.hpp> instead once the umbrella header exists (and once it
-// is settled whether it needs the emulator's Boost.Context under a host compiler: then this
-// consumer, which links only moekit::moekit, says whether it does).
+// The umbrella header must need nothing beyond moekit::moekit (no Boost.Context).
 #include <cstdio>
 #include <cstring>
 
-#include "moekit/core/status.hpp"
-#include "moekit/version.hpp"
+#include "moekit/moekit.hpp"
 
 static_assert(__cplusplus >= 202002L, "moekit::moekit must bring C++20 (target_compile_features cxx_std_20)");
 
@@ -25,7 +22,9 @@ int main() {
     return 1;
   }
 #endif
-  if (std::strcmp(moekit::to_string(moekit::Status::ok), "ok") != 0 || !moekit::is_ok(moekit::Status::ok)) {
+  moekit::bf16_t const one(1.0f);
+  if (std::strcmp(moekit::to_string(moekit::Status::ok), "ok") != 0 || !moekit::is_ok(moekit::Status::ok) ||
+      one.bits != 0x3F80u) {
     std::printf("FAIL: Status::ok\n");
     return 1;
   }

@@ -23,6 +23,9 @@ struct LdmatrixIn {
 template <int Matrices, bool Trans>
 void ldmatrix_fn(emu::detail::Warp& w, std::uint32_t) {
   auto& rt = runtime();
+  // The last lane to arrive runs this on its own fiber: a fatal finding about another lane's
+  // address must still suspend this one (the others are suspended already).
+  emu::detail::Thread& running = me("ldmatrix");
   std::uint16_t m[4][8][8];
   for (int mat = 0; mat < Matrices; ++mat) {
     for (int r = 0; r < 8; ++r) {
@@ -30,11 +33,11 @@ void ldmatrix_fn(emu::detail::Warp& w, std::uint32_t) {
       void const* row = src.in.as<LdmatrixIn>().row;
       std::size_t offset = 0;
       if (!emu::detail::Runtime::in_shared(*src.block, row, offset) || offset + 16 > src.block->shared_bytes) {
-        rt.fail(src, emu::Finding::invalid_operation,
+        rt.fail(running, emu::Finding::invalid_operation,
                 emu::detail::Runtime::who(src) + " gives ldmatrix a row address outside the block's shared memory");
       }
       if (reinterpret_cast<std::uintptr_t>(row) % 16 != 0) {
-        rt.fail(src, emu::Finding::misaligned_address,
+        rt.fail(running, emu::Finding::misaligned_address,
                 emu::detail::Runtime::who(src) + " gives ldmatrix a row address that is not 16-byte aligned");
       }
       rt.shared_access(src, row, 16, false);

@@ -68,7 +68,8 @@ LaunchResult launch(LaunchConfig const& config, LaunchOptions const& options, Ke
     invalid.diagnostics.push_back({Finding::invalid_launch, std::move(e)});
     return invalid;
   }
-  // Each thread calls the kernel with its own copies of the arguments, as CUDA passes them.
+  // Each thread calls its own copy of the kernel with its own copies of the arguments, as CUDA
+  // passes them: a functor's members (a lambda's captures) are kernel parameters too.
   using Bound = std::tuple<std::decay_t<Kernel>, std::decay_t<Args>...>;
   Bound bound(std::forward<Kernel>(kernel), std::forward<Args>(args)...);
   detail::Runtime rt;
@@ -76,7 +77,12 @@ LaunchResult launch(LaunchConfig const& config, LaunchOptions const& options, Ke
   rt.options = options;
   rt.body_context = &bound;
   rt.body = [](void* ctx) {
-    std::apply([](auto& k, auto&... a) { k(a...); }, *static_cast<Bound*>(ctx));
+    std::apply(
+        [](auto const& k, auto&... a) {
+          auto own = k;
+          own(a...);
+        },
+        *static_cast<Bound*>(ctx));
   };
   detail::Runtime* const outer = detail::current_runtime;
   detail::current_runtime = &rt;

@@ -161,8 +161,18 @@ inline bool same_place(std::source_location const& a, std::source_location const
   return a.line() == b.line() && a.column() == b.column() && std::strcmp(a.file_name(), b.file_name()) == 0;
 }
 
-inline std::string place(std::source_location const& l) {
-  return std::string(l.file_name()) + ":" + std::to_string(l.line());
+// "file:line" in a message: `message + place(where)` appends it in place. A fatal finding never
+// returns, so the temporaries of the expression that built its message are never destroyed: a
+// string of its own here would leak (LeakSanitizer reports it); an append leaves nothing behind.
+struct Place {
+  std::source_location where;
+};
+inline Place place(std::source_location const& l) noexcept { return {l}; }
+inline std::string operator+(std::string&& s, Place const& p) {
+  s += p.where.file_name();
+  s += ':';
+  s += std::to_string(p.where.line());
+  return std::move(s);
 }
 
 inline std::string format_dim(Dim3 d) {
@@ -417,7 +427,9 @@ struct Runtime {
   // ---- cp.async ----------------------------------------------------------------------------------
   void complete_copies(Thread& t, std::vector<AsyncCopy> const& group) {
     for (auto const& c : group) {
-      std::memcpy(c.dst, c.src, c.src_bytes);
+      if (c.src_bytes != 0) {  // src-size 0 reads nothing: a predicated-off copy may pass a null source
+        std::memcpy(c.dst, c.src, c.src_bytes);
+      }
       std::memset(static_cast<std::byte*>(c.dst) + c.src_bytes, 0, c.bytes - c.src_bytes);
       shared_access(t, c.dst, c.bytes, true);
     }

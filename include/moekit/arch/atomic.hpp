@@ -81,7 +81,12 @@ T atomic_exch(T* p, T v) {
 template <class T>
   requires detail::atomic_arithmetic<T>
 MOEKIT_DEVICE MOEKIT_FORCEINLINE T atomic_add(T* p, T v) {
-  return atomicAdd(p, v);
+  if constexpr (std::is_same_v<T, long long>) {  // CUDA has no signed 64-bit atomicAdd: two's complement
+    return static_cast<long long>(
+        atomicAdd(reinterpret_cast<unsigned long long*>(p), static_cast<unsigned long long>(v)));
+  } else {
+    return atomicAdd(p, v);
+  }
 }
 template <class T>
   requires detail::atomic_integer<T>

@@ -16,12 +16,12 @@ namespace arch {
 MOEKIT_ARCH_NAMESPACE_BEGIN
 
 namespace detail {
+// The types CUDA's atomics take: 32/64-bit integers, and for add/exchange float and double.
 template <class T>
-inline constexpr bool atomic_integer =
-    std::is_same_v<T, int> || std::is_same_v<T, unsigned> || std::is_same_v<T, long long> ||
-    std::is_same_v<T, unsigned long long>;
+concept AtomicInteger = std::is_same_v<T, int> || std::is_same_v<T, unsigned> || std::is_same_v<T, long long> ||
+                        std::is_same_v<T, unsigned long long>;
 template <class T>
-inline constexpr bool atomic_arithmetic = atomic_integer<T> || std::is_same_v<T, float> || std::is_same_v<T, double>;
+concept AtomicArithmetic = AtomicInteger<T> || std::is_same_v<T, float> || std::is_same_v<T, double>;
 }  // namespace detail
 
 #if MOEKIT_EMULATION
@@ -37,13 +37,11 @@ T atomic_apply(T* p, char const* what, Op op) {
 }
 }  // namespace detail
 
-template <class T>
-  requires detail::atomic_arithmetic<T>
+template <detail::AtomicArithmetic T>
 T atomic_add(T* p, T v) {
   return detail::atomic_apply(p, "atomicAdd", [v](std::atomic_ref<T> a) { return a.fetch_add(v, std::memory_order_relaxed); });
 }
-template <class T>
-  requires detail::atomic_integer<T>
+template <detail::AtomicInteger T>
 T atomic_min(T* p, T v) {
   return detail::atomic_apply(p, "atomicMin", [v](std::atomic_ref<T> a) {
     T old = a.load(std::memory_order_relaxed);
@@ -52,8 +50,7 @@ T atomic_min(T* p, T v) {
     return old;
   });
 }
-template <class T>
-  requires detail::atomic_integer<T>
+template <detail::AtomicInteger T>
 T atomic_max(T* p, T v) {
   return detail::atomic_apply(p, "atomicMax", [v](std::atomic_ref<T> a) {
     T old = a.load(std::memory_order_relaxed);
@@ -63,8 +60,7 @@ T atomic_max(T* p, T v) {
   });
 }
 // Returns the old value; stores `desired` only if the old value equals `expected` (bitwise).
-template <class T>
-  requires detail::atomic_integer<T>
+template <detail::AtomicInteger T>
 T atomic_cas(T* p, T expected, T desired) {
   return detail::atomic_apply(p, "atomicCAS", [expected, desired](std::atomic_ref<T> a) {
     T old = expected;
@@ -72,14 +68,12 @@ T atomic_cas(T* p, T expected, T desired) {
     return old;
   });
 }
-template <class T>
-  requires detail::atomic_arithmetic<T>
+template <detail::AtomicArithmetic T>
 T atomic_exch(T* p, T v) {
   return detail::atomic_apply(p, "atomicExch", [v](std::atomic_ref<T> a) { return a.exchange(v, std::memory_order_relaxed); });
 }
 #else
-template <class T>
-  requires detail::atomic_arithmetic<T>
+template <detail::AtomicArithmetic T>
 MOEKIT_DEVICE MOEKIT_FORCEINLINE T atomic_add(T* p, T v) {
   if constexpr (std::is_same_v<T, long long>) {  // CUDA has no signed 64-bit atomicAdd: two's complement
     return static_cast<long long>(
@@ -88,18 +82,15 @@ MOEKIT_DEVICE MOEKIT_FORCEINLINE T atomic_add(T* p, T v) {
     return atomicAdd(p, v);
   }
 }
-template <class T>
-  requires detail::atomic_integer<T>
+template <detail::AtomicInteger T>
 MOEKIT_DEVICE MOEKIT_FORCEINLINE T atomic_min(T* p, T v) {
   return atomicMin(p, v);
 }
-template <class T>
-  requires detail::atomic_integer<T>
+template <detail::AtomicInteger T>
 MOEKIT_DEVICE MOEKIT_FORCEINLINE T atomic_max(T* p, T v) {
   return atomicMax(p, v);
 }
-template <class T>
-  requires detail::atomic_integer<T>
+template <detail::AtomicInteger T>
 MOEKIT_DEVICE MOEKIT_FORCEINLINE T atomic_cas(T* p, T expected, T desired) {
   if constexpr (std::is_same_v<T, long long>) {
     auto r = atomicCAS(reinterpret_cast<unsigned long long*>(p), static_cast<unsigned long long>(expected),
@@ -109,8 +100,7 @@ MOEKIT_DEVICE MOEKIT_FORCEINLINE T atomic_cas(T* p, T expected, T desired) {
     return atomicCAS(p, expected, desired);
   }
 }
-template <class T>
-  requires detail::atomic_arithmetic<T>
+template <detail::AtomicArithmetic T>
 MOEKIT_DEVICE MOEKIT_FORCEINLINE T atomic_exch(T* p, T v) {
   if constexpr (std::is_same_v<T, double>) {
     return __longlong_as_double(static_cast<long long>(

@@ -6,6 +6,7 @@
 
 MOEKIT_NAMESPACE_BEGIN
 
+// clang-format off (clang-format 14 mangles an attribute on an enum)
 enum class [[nodiscard]] Status : int {
   ok = 0,
   invalid_argument,     // a null pointer, a negative size, an argument out of its range
@@ -21,6 +22,7 @@ enum class [[nodiscard]] Status : int {
   io_error,
   internal_error,
 };
+// clang-format on
 
 [[nodiscard]] MOEKIT_HOST_DEVICE constexpr char const* to_string(Status s) noexcept {
   switch (s) {

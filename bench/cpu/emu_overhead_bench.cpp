@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "mma_gemm_kernel.hpp"
+
 #include "moekit/arch/arch.hpp"
 #include "moekit/emu/emu.hpp"
 

@@ -2,8 +2,6 @@
 // 2-stage mma.sync GEMM and the block scan, timed with CUDA events (median of 20 after 3 warm
 // ups), printed as one JSON object per line for the report. Exit 77 without a device.
 
-#include <cuda_runtime.h>
-
 #include <algorithm>
 #include <cstdint>
 #include <cstdio>
@@ -11,6 +9,8 @@
 
 #include "block_scan_kernel.hpp"
 #include "mma_gemm_kernel.hpp"
+#include <cuda_runtime.h>
+
 #include "moekit/arch/launch.hpp"
 
 namespace {
@@ -57,13 +57,16 @@ int main() {
     cudaMalloc(&c, sizeof(float) * n * n);
     cudaMemset(a, 0, sizeof(moekit::bf16_t) * n * n);
     cudaMemset(b, 0, sizeof(moekit::bf16_t) * n * n);
-    arch::KernelLaunch const l{.grid = dim3(static_cast<unsigned>(n / S::block_n), static_cast<unsigned>(n / S::block_m)),
+    arch::KernelLaunch const l{.grid =
+                                   dim3(static_cast<unsigned>(n / S::block_n), static_cast<unsigned>(n / S::block_m)),
                                .block = S::threads,
                                .dynamic_shared_bytes = sizeof(moekit_samples::MmaGemmStorage)};
-    float const ms = median_ms([&] { (void)arch::launch(moekit_samples::mma_gemm_kernel<false>, l, nullptr, a, b, c, n, n, n); });
-    std::printf("{\"kernel\": \"mma_gemm_bf16_f32\", \"m\": %lld, \"n\": %lld, \"k\": %lld, \"ms\": %.4f, \"tflops\": %.2f}\n",
-                static_cast<long long>(n), static_cast<long long>(n), static_cast<long long>(n), static_cast<double>(ms),
-                2.0 * n * n * n / (static_cast<double>(ms) * 1e9));
+    float const ms =
+        median_ms([&] { (void)arch::launch(moekit_samples::mma_gemm_kernel<false>, l, nullptr, a, b, c, n, n, n); });
+    std::printf(
+        "{\"kernel\": \"mma_gemm_bf16_f32\", \"m\": %lld, \"n\": %lld, \"k\": %lld, \"ms\": %.4f, \"tflops\": %.2f}\n",
+        static_cast<long long>(n), static_cast<long long>(n), static_cast<long long>(n), static_cast<double>(ms),
+        2.0 * n * n * n / (static_cast<double>(ms) * 1e9));
     cudaFree(a);
     cudaFree(b);
     cudaFree(c);
@@ -74,11 +77,14 @@ int main() {
   cudaMalloc(&prefix, sizeof(int) * n);
   cudaMalloc(&totals, sizeof(int) * (n / 256));
   cudaMemset(in, 0, sizeof(int) * n);
-  arch::KernelLaunch const l{.grid = static_cast<unsigned>(n / 256), .block = 256,
+  arch::KernelLaunch const l{.grid = static_cast<unsigned>(n / 256),
+                             .block = 256,
                              .dynamic_shared_bytes = sizeof(moekit_samples::BlockScanStorage)};
-  float const ms = median_ms([&] { (void)arch::launch(moekit_samples::block_scan_kernel, l, nullptr, in, prefix, totals, n); });
-  std::printf("{\"kernel\": \"block_scan_i32\", \"n\": %lld, \"ms\": %.4f, \"gbps\": %.1f}\n", static_cast<long long>(n),
-              static_cast<double>(ms), 2.0 * sizeof(int) * n / (static_cast<double>(ms) * 1e6));
+  float const ms =
+      median_ms([&] { (void)arch::launch(moekit_samples::block_scan_kernel, l, nullptr, in, prefix, totals, n); });
+  std::printf("{\"kernel\": \"block_scan_i32\", \"n\": %lld, \"ms\": %.4f, \"gbps\": %.1f}\n",
+              static_cast<long long>(n), static_cast<double>(ms),
+              2.0 * sizeof(int) * n / (static_cast<double>(ms) * 1e6));
   cudaFree(in);
   cudaFree(prefix);
   cudaFree(totals);

@@ -7,8 +7,9 @@
 #include <random>
 #include <vector>
 
-#include "moekit/emu/emu.hpp"
 #include "top_k_router_kernel.hpp"
+
+#include "moekit/emu/emu.hpp"
 
 int main() {
   namespace emu = moekit::emu;
@@ -73,6 +74,7 @@ int main() {
     }
     std::printf("\n");
   }
-  std::printf("\n%s\n", mismatches == 0 ? "all selections match the host reference" : "MISMATCH against the host reference");
+  std::printf("\n%s\n",
+              mismatches == 0 ? "all selections match the host reference" : "MISMATCH against the host reference");
   return mismatches == 0 ? 0 : 1;
 }

@@ -1,9 +1,10 @@
-#include <catch2/catch.hpp>
+#include "moekit/core/status.hpp"
+
 #include <cstring>
 #include <set>
 #include <string>
 
-#include "moekit/core/status.hpp"
+#include <catch2/catch.hpp>
 
 using moekit::Status;
 

@@ -1,9 +1,10 @@
-#include <catch2/catch.hpp>
+#include "moekit/core/tensor_view.hpp"
+
 #include <cstdint>
 #include <type_traits>
 #include <vector>
 
-#include "moekit/core/tensor_view.hpp"
+#include <catch2/catch.hpp>
 
 using moekit::DeviceTensor;
 using moekit::HostTensor;

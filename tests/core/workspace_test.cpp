@@ -1,9 +1,10 @@
-#include <catch2/catch.hpp>
+#include "moekit/core/workspace.hpp"
+
 #include <cstdint>
 #include <cstring>
 #include <vector>
 
-#include "moekit/core/workspace.hpp"
+#include <catch2/catch.hpp>
 
 using moekit::Status;
 using moekit::Workspace;

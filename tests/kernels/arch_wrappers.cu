@@ -153,9 +153,8 @@ MOEKIT_KERNEL void block_primitives_kernel(int const* in, int* out) {
   arch::BlockScan<int, Threads>(s.scan).exclusive_sum(x, scanned, aggregate);
   arch::sync_threads();
   arch::BlockScan<int, Threads>(s.scan).inclusive_sum(x, inclusive);
-  float const m = arch::BlockReduce<float, Threads>(s.reduce).reduce(static_cast<float>(x), [](float a, float b) {
-    return a > b ? a : b;
-  });
+  float const m = arch::BlockReduce<float, Threads>(s.reduce).reduce(static_cast<float>(x),
+                                                                     [](float a, float b) { return a > b ? a : b; });
   arch::sync_threads();
   float const total = arch::BlockReduce<float, Threads>(s.reduce).sum(static_cast<float>(x));
   std::uint32_t keys[4];

@@ -17,7 +17,7 @@ struct MmaGemmShape {
   static constexpr int block_m = 64, block_n = 64, block_k = 32;
   static constexpr int warps = 4, threads = warps * 32;
   static constexpr int stages = 2;
-  static constexpr int row_pad = 8;                    // +16 bytes a row: spreads ldmatrix rows over banks
+  static constexpr int row_pad = 8;                   // +16 bytes a row: spreads ldmatrix rows over banks
   static constexpr int smem_row = block_k + row_pad;  // elements of one shared-memory row
 };
 

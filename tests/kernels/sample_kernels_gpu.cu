@@ -2,8 +2,6 @@
 // against the same host computations as the emulated test. Without a device it reports
 // itself skipped (exit code 77, ctest's SKIP_RETURN_CODE).
 
-#include <cuda_runtime.h>
-
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -13,6 +11,8 @@
 
 #include "block_scan_kernel.hpp"
 #include "mma_gemm_kernel.hpp"
+#include <cuda_runtime.h>
+
 #include "moekit/arch/launch.hpp"
 
 namespace {
@@ -89,11 +89,12 @@ void mma_gemm(std::int64_t m, std::int64_t n, std::int64_t k) {
   bf16_t* d_a = to_device(a);
   bf16_t* d_b = to_device(bt);
   float* d_c = to_device(std::vector<float>(static_cast<std::size_t>(m * n)));
-  moekit::Status const s = arch::launch(moekit_samples::mma_gemm_kernel<false>,
-                                        {.grid = dim3(static_cast<unsigned>(n / S::block_n), static_cast<unsigned>(m / S::block_m)),
-                                         .block = S::threads,
-                                         .dynamic_shared_bytes = sizeof(moekit_samples::MmaGemmStorage)},
-                                        nullptr, d_a, d_b, d_c, m, n, k);
+  moekit::Status const s =
+      arch::launch(moekit_samples::mma_gemm_kernel<false>,
+                   {.grid = dim3(static_cast<unsigned>(n / S::block_n), static_cast<unsigned>(m / S::block_m)),
+                    .block = S::threads,
+                    .dynamic_shared_bytes = sizeof(moekit_samples::MmaGemmStorage)},
+                   nullptr, d_a, d_b, d_c, m, n, k);
   check(s == moekit::Status::ok && cudaDeviceSynchronize() == cudaSuccess, "mma gemm launch");
   auto const c = to_host(d_c, static_cast<std::size_t>(m * n));
   // Tensor cores accumulate in their own order: allow (K/16 + 2) fp32 ulps of sum |a*b|.
@@ -101,7 +102,8 @@ void mma_gemm(std::int64_t m, std::int64_t n, std::int64_t k) {
     for (std::int64_t j = 0; j < n; ++j) {
       double ref = 0, mag = 0;
       for (std::int64_t p = 0; p < k; ++p) {
-        double const prod = a[static_cast<std::size_t>(i * k + p)].to_double() * bt[static_cast<std::size_t>(j * k + p)].to_double();
+        double const prod =
+            a[static_cast<std::size_t>(i * k + p)].to_double() * bt[static_cast<std::size_t>(j * k + p)].to_double();
         ref += prod;
         mag += std::abs(prod);
       }

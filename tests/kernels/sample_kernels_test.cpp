@@ -1,7 +1,6 @@
 // The foundation's two sample kernels under the emulator, against host computations, with
 // racecheck and initcheck on and several schedule seeds.
 
-#include <catch2/catch.hpp>
 #include <cmath>
 #include <cstdint>
 #include <random>
@@ -9,6 +8,8 @@
 
 #include "block_scan_kernel.hpp"
 #include "mma_gemm_kernel.hpp"
+#include <catch2/catch.hpp>
+
 #include "moekit/emu/emu.hpp"
 
 namespace emu = moekit::emu;
@@ -37,13 +38,15 @@ TEST_CASE("block scan kernel matches a host prefix sum", "[emu][kernels]") {
   for (auto& x : in) {
     x = dist(rng);
   }
-  auto const blocks = static_cast<unsigned>((n + moekit_samples::scan_block_threads - 1) / moekit_samples::scan_block_threads);
+  auto const blocks =
+      static_cast<unsigned>((n + moekit_samples::scan_block_threads - 1) / moekit_samples::scan_block_threads);
   std::vector<int> prefix(in.size(), 12345), totals(blocks, 12345);
 
-  auto const r = emu::launch({.grid = blocks,
-                              .block = moekit_samples::scan_block_threads,
-                              .dynamic_shared_bytes = sizeof(moekit_samples::BlockScanStorage)},
-                             checked(seed), moekit_samples::block_scan_kernel, in.data(), prefix.data(), totals.data(), n);
+  auto const r =
+      emu::launch({.grid = blocks,
+                   .block = moekit_samples::scan_block_threads,
+                   .dynamic_shared_bytes = sizeof(moekit_samples::BlockScanStorage)},
+                  checked(seed), moekit_samples::block_scan_kernel, in.data(), prefix.data(), totals.data(), n);
   INFO(r.summary());
   REQUIRE(r.ok());
   for (unsigned b = 0; b < blocks; ++b) {
@@ -89,10 +92,10 @@ TEST_CASE("mma GEMM kernel matches a host GEMM and is schedule-independent", "[e
     }
   }
   using S = moekit_samples::MmaGemmShape;
-  emu::LaunchConfig const cfg{.grid = emu::Dim3(static_cast<unsigned>(shape.n / S::block_n),
-                                                static_cast<unsigned>(shape.m / S::block_m)),
-                              .block = S::threads,
-                              .dynamic_shared_bytes = sizeof(moekit_samples::MmaGemmStorage)};
+  emu::LaunchConfig const cfg{
+      .grid = emu::Dim3(static_cast<unsigned>(shape.n / S::block_n), static_cast<unsigned>(shape.m / S::block_m)),
+      .block = S::threads,
+      .dynamic_shared_bytes = sizeof(moekit_samples::MmaGemmStorage)};
   std::vector<float> first;
   for (std::uint64_t seed : {0u, 3u, 11u}) {
     CAPTURE(seed);
@@ -122,8 +125,9 @@ TEST_CASE("racecheck catches the GEMM pipeline refilling a stage that is still b
   std::vector<bf16_t> a(static_cast<std::size_t>(m * k), bf16_t(1.f)), bt(static_cast<std::size_t>(n * k), bf16_t(1.f));
   std::vector<float> c(static_cast<std::size_t>(m * n));
   using S = moekit_samples::MmaGemmShape;
-  auto const r = emu::launch({.grid = 1, .block = S::threads, .dynamic_shared_bytes = sizeof(moekit_samples::MmaGemmStorage)},
-                             checked(0), moekit_samples::mma_gemm_kernel<true>, a.data(), bt.data(), c.data(), m, n, k);
+  auto const r =
+      emu::launch({.grid = 1, .block = S::threads, .dynamic_shared_bytes = sizeof(moekit_samples::MmaGemmStorage)},
+                  checked(0), moekit_samples::mma_gemm_kernel<true>, a.data(), bt.data(), c.data(), m, n, k);
   INFO(r.summary());
   REQUIRE(r.status == moekit::Status::emulation_error);
   REQUIRE(r.has(emu::Finding::race_write_after_read));

@@ -13,8 +13,7 @@ __device__ __forceinline__ std::uint32_t smem_addr(const void* p) {
 }
 
 __global__ void __launch_bounds__(32) mma_bf16_16x8(const std::uint16_t* __restrict__ a,
-                                                      const std::uint16_t* __restrict__ b,
-                                                      float* __restrict__ c, int k) {
+                                                    const std::uint16_t* __restrict__ b, float* __restrict__ c, int k) {
   // One k-step of operands: A 16x16 bf16 (512 B), B^T 8x16 bf16 (256 B); 16-byte rows.
   __shared__ __align__(128) std::uint16_t sa[16 * 16];
   __shared__ __align__(128) std::uint16_t sb[8 * 16];
@@ -35,8 +34,7 @@ __global__ void __launch_bounds__(32) mma_bf16_16x8(const std::uint16_t* __restr
         src = b + static_cast<long>(row) * k + k0 + half * 8;
         dst = sb + row * 16 + half * 8;
       }
-      asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(smem_addr(dst)), "l"(src)
-                   : "memory");
+      asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(smem_addr(dst)), "l"(src) : "memory");
     }
     asm volatile("cp.async.commit_group;\ncp.async.wait_group 0;\n" ::: "memory");
     __syncwarp();
@@ -52,11 +50,10 @@ __global__ void __launch_bounds__(32) mma_bf16_16x8(const std::uint16_t* __restr
     asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];\n"
                  : "=r"(fb[0]), "=r"(fb[1])
                  : "r"(smem_addr(pb)));
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
-        "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-        : "+f"(acc[0]), "+f"(acc[1]), "+f"(acc[2]), "+f"(acc[3])
-        : "r"(fa[0]), "r"(fa[1]), "r"(fa[2]), "r"(fa[3]), "r"(fb[0]), "r"(fb[1]));
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
+                 "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+                 : "+f"(acc[0]), "+f"(acc[1]), "+f"(acc[2]), "+f"(acc[3])
+                 : "r"(fa[0]), "r"(fa[1]), "r"(fa[2]), "r"(fa[3]), "r"(fb[0]), "r"(fb[1]));
     __syncwarp();
   }
   // Accumulator layout of m16n8: c0,c1 at (lane/4, 2*(lane%4)+{0,1}), c2,c3 eight rows below.

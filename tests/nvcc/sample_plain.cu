@@ -11,12 +11,10 @@
 namespace fixture {
 
 template <int Threads>
-__global__ void __launch_bounds__(Threads) block_sum(const float* __restrict__ x,
-                                                     float* __restrict__ out, int n) {
+__global__ void __launch_bounds__(Threads) block_sum(const float* __restrict__ x, float* __restrict__ out, int n) {
   __shared__ float warp_sums[Threads / 32];
   float s = 0.f;
-  for (int i = static_cast<int>(blockIdx.x * Threads + threadIdx.x); i < n;
-       i += static_cast<int>(gridDim.x * Threads))
+  for (int i = static_cast<int>(blockIdx.x * Threads + threadIdx.x); i < n; i += static_cast<int>(gridDim.x * Threads))
     s += x[i];
   for (int off = 16; off > 0; off >>= 1) s += __shfl_xor_sync(0xffffffffu, s, off);
   if ((threadIdx.x & 31) == 0) warp_sums[threadIdx.x >> 5] = s;
@@ -29,8 +27,8 @@ __global__ void __launch_bounds__(Threads) block_sum(const float* __restrict__ x
 }
 template __global__ void block_sum<256>(const float*, float*, int);
 
-__global__ void __launch_bounds__(256, 8) forced_spill(const float* __restrict__ x,
-                                                       float* __restrict__ out, int iters) {
+__global__ void __launch_bounds__(256, 8)
+    forced_spill(const float* __restrict__ x, float* __restrict__ out, int iters) {
   constexpr int kLive = 64;
   float acc[kLive];
 #pragma unroll

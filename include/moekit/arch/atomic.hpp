@@ -19,7 +19,7 @@ namespace detail {
 // The types CUDA's atomics take: 32/64-bit integers, and for add/exchange float and double.
 template <class T>
 concept AtomicInteger = std::is_same_v<T, int> || std::is_same_v<T, unsigned> || std::is_same_v<T, long long> ||
-                        std::is_same_v<T, unsigned long long>;
+    std::is_same_v<T, unsigned long long>;
 template <class T>
 concept AtomicArithmetic = AtomicInteger<T> || std::is_same_v<T, float> || std::is_same_v<T, double>;
 }  // namespace detail
@@ -39,14 +39,14 @@ T atomic_apply(T* p, char const* what, Op op) {
 
 template <detail::AtomicArithmetic T>
 T atomic_add(T* p, T v) {
-  return detail::atomic_apply(p, "atomicAdd", [v](std::atomic_ref<T> a) { return a.fetch_add(v, std::memory_order_relaxed); });
+  return detail::atomic_apply(p, "atomicAdd",
+                              [v](std::atomic_ref<T> a) { return a.fetch_add(v, std::memory_order_relaxed); });
 }
 template <detail::AtomicInteger T>
 T atomic_min(T* p, T v) {
   return detail::atomic_apply(p, "atomicMin", [v](std::atomic_ref<T> a) {
     T old = a.load(std::memory_order_relaxed);
-    while (v < old && !a.compare_exchange_weak(old, v, std::memory_order_relaxed)) {
-    }
+    while (v < old && !a.compare_exchange_weak(old, v, std::memory_order_relaxed)) {}
     return old;
   });
 }
@@ -54,8 +54,7 @@ template <detail::AtomicInteger T>
 T atomic_max(T* p, T v) {
   return detail::atomic_apply(p, "atomicMax", [v](std::atomic_ref<T> a) {
     T old = a.load(std::memory_order_relaxed);
-    while (v > old && !a.compare_exchange_weak(old, v, std::memory_order_relaxed)) {
-    }
+    while (v > old && !a.compare_exchange_weak(old, v, std::memory_order_relaxed)) {}
     return old;
   });
 }
@@ -70,7 +69,8 @@ T atomic_cas(T* p, T expected, T desired) {
 }
 template <detail::AtomicArithmetic T>
 T atomic_exch(T* p, T v) {
-  return detail::atomic_apply(p, "atomicExch", [v](std::atomic_ref<T> a) { return a.exchange(v, std::memory_order_relaxed); });
+  return detail::atomic_apply(p, "atomicExch",
+                              [v](std::atomic_ref<T> a) { return a.exchange(v, std::memory_order_relaxed); });
 }
 #else
 template <detail::AtomicArithmetic T>
@@ -103,10 +103,11 @@ MOEKIT_DEVICE MOEKIT_FORCEINLINE T atomic_cas(T* p, T expected, T desired) {
 template <detail::AtomicArithmetic T>
 MOEKIT_DEVICE MOEKIT_FORCEINLINE T atomic_exch(T* p, T v) {
   if constexpr (std::is_same_v<T, double>) {
-    return __longlong_as_double(static_cast<long long>(
-        atomicExch(reinterpret_cast<unsigned long long*>(p), static_cast<unsigned long long>(__double_as_longlong(v)))));
+    return __longlong_as_double(static_cast<long long>(atomicExch(
+        reinterpret_cast<unsigned long long*>(p), static_cast<unsigned long long>(__double_as_longlong(v)))));
   } else if constexpr (std::is_same_v<T, long long>) {
-    return static_cast<long long>(atomicExch(reinterpret_cast<unsigned long long*>(p), static_cast<unsigned long long>(v)));
+    return static_cast<long long>(
+        atomicExch(reinterpret_cast<unsigned long long*>(p), static_cast<unsigned long long>(v)));
   } else {
     return atomicExch(p, v);
   }

@@ -23,7 +23,8 @@ inline void sync_threads(std::source_location where = std::source_location::curr
 }
 inline int sync_threads_count(bool predicate, std::source_location where = std::source_location::current()) {
   auto& t = detail::me("__syncthreads_count");
-  return static_cast<int>(detail::runtime().block_barrier(t, BarrierOp::count, predicate, "__syncthreads_count", where));
+  return static_cast<int>(
+      detail::runtime().block_barrier(t, BarrierOp::count, predicate, "__syncthreads_count", where));
 }
 inline bool sync_threads_and(bool predicate, std::source_location where = std::source_location::current()) {
   auto& t = detail::me("__syncthreads_and");

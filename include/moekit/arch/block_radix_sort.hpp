@@ -60,9 +60,7 @@ class BlockRadixSort {
   void sort(Key (&keys)[ItemsPerThread]) { sort_impl(keys, nullptr); }
   template <class V = Value>
     requires(!std::is_void_v<V>)
-  void sort(Key (&keys)[ItemsPerThread], V (&values)[ItemsPerThread]) {
-    sort_impl(keys, values);
-  }
+  void sort(Key (&keys)[ItemsPerThread], V (&values)[ItemsPerThread]) { sort_impl(keys, values); }
 
  private:
   void sort_impl(Key (&keys)[ItemsPerThread], StoredValue* values) {
@@ -122,9 +120,7 @@ class BlockRadixSort {
   MOEKIT_DEVICE void sort(Key (&keys)[ItemsPerThread]) { cub_.Sort(keys); }
   template <class V = Value>
     requires(!std::is_void_v<V>)
-  MOEKIT_DEVICE void sort(Key (&keys)[ItemsPerThread], V (&values)[ItemsPerThread]) {
-    cub_.Sort(keys, values);
-  }
+  MOEKIT_DEVICE void sort(Key (&keys)[ItemsPerThread], V (&values)[ItemsPerThread]) { cub_.Sort(keys, values); }
 
  private:
   Cub cub_;

@@ -70,13 +70,16 @@ void ldmatrix(std::uint32_t* d, void const* row, char const* what, std::source_l
 }
 }  // namespace detail
 
-inline void ldmatrix_x1(std::uint32_t (&d)[1], void const* row, std::source_location w = std::source_location::current()) {
+inline void ldmatrix_x1(std::uint32_t (&d)[1], void const* row,
+                        std::source_location w = std::source_location::current()) {
   detail::ldmatrix<1, false>(d, row, "ldmatrix.x1", w);
 }
-inline void ldmatrix_x2(std::uint32_t (&d)[2], void const* row, std::source_location w = std::source_location::current()) {
+inline void ldmatrix_x2(std::uint32_t (&d)[2], void const* row,
+                        std::source_location w = std::source_location::current()) {
   detail::ldmatrix<2, false>(d, row, "ldmatrix.x2", w);
 }
-inline void ldmatrix_x4(std::uint32_t (&d)[4], void const* row, std::source_location w = std::source_location::current()) {
+inline void ldmatrix_x4(std::uint32_t (&d)[4], void const* row,
+                        std::source_location w = std::source_location::current()) {
   detail::ldmatrix<4, false>(d, row, "ldmatrix.x4", w);
 }
 inline void ldmatrix_x1_trans(std::uint32_t (&d)[1], void const* row,
@@ -99,7 +102,9 @@ MOEKIT_DEVICE MOEKIT_FORCEINLINE std::uint32_t shared_address(void const* p) {
 }  // namespace detail
 
 MOEKIT_DEVICE MOEKIT_FORCEINLINE void ldmatrix_x1(std::uint32_t (&d)[1], void const* row) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x1.shared.b16 {%0}, [%1];\n" : "=r"(d[0]) : "r"(detail::shared_address(row)));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x1.shared.b16 {%0}, [%1];\n"
+               : "=r"(d[0])
+               : "r"(detail::shared_address(row)));
 }
 MOEKIT_DEVICE MOEKIT_FORCEINLINE void ldmatrix_x2(std::uint32_t (&d)[2], void const* row) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];\n"

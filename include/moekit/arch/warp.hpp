@@ -52,7 +52,8 @@ void shfl_fn(Warp& w, std::uint32_t mask) {
 
 template <ShflMode Mode, class T>
 T shfl(unsigned mask, T value, int arg, int width, char const* what, std::source_location where) {
-  static_assert(std::is_trivially_copyable_v<T> && sizeof(T) <= 16, "shuffle a trivially copyable value of <= 16 bytes");
+  static_assert(std::is_trivially_copyable_v<T> && sizeof(T) <= 16,
+                "shuffle a trivially copyable value of <= 16 bytes");
   auto& t = me(what);
   if (width < 1 || width > 32 || (width & (width - 1)) != 0) {
     runtime().fail(t, emu::Finding::invalid_operation,
@@ -105,7 +106,8 @@ inline void match_any_fn(Warp& w, std::uint32_t mask) {
     }
     std::uint32_t same = 0;
     for (int other = 0; other < 32; ++other) {
-      if ((mask >> other & 1u) != 0 && w.lanes[other]->in.as<MatchIn>().value == w.lanes[lane]->in.as<MatchIn>().value) {
+      if ((mask >> other & 1u) != 0 &&
+          w.lanes[other]->in.as<MatchIn>().value == w.lanes[lane]->in.as<MatchIn>().value) {
         same |= 1u << other;
       }
     }
@@ -154,7 +156,8 @@ T shfl_xor_sync(unsigned mask, T value, int lane_mask, int width = 32,
                 std::source_location where = std::source_location::current()) {
   return detail::shfl<detail::ShflMode::bfly>(mask, value, lane_mask, width, "__shfl_xor_sync", where);
 }
-inline unsigned ballot_sync(unsigned mask, bool predicate, std::source_location where = std::source_location::current()) {
+inline unsigned ballot_sync(unsigned mask, bool predicate,
+                            std::source_location where = std::source_location::current()) {
   return detail::vote<detail::Vote::ballot>(mask, predicate, "__ballot_sync", where);
 }
 inline bool any_sync(unsigned mask, bool predicate, std::source_location where = std::source_location::current()) {
@@ -165,7 +168,8 @@ inline bool all_sync(unsigned mask, bool predicate, std::source_location where =
 }
 template <class T>
 unsigned match_any_sync(unsigned mask, T value, std::source_location where = std::source_location::current()) {
-  static_assert(std::is_integral_v<T> && (sizeof(T) == 4 || sizeof(T) == 8), "__match_any_sync takes 32/64-bit integers");
+  static_assert(std::is_integral_v<T> && (sizeof(T) == 4 || sizeof(T) == 8),
+                "__match_any_sync takes 32/64-bit integers");
   auto& t = detail::me("__match_any_sync");
   t.in.as<detail::MatchIn>().value = static_cast<unsigned long long>(value);
   detail::runtime().warp_collective(t, mask, &detail::match_any_fn, "__match_any_sync", where);
@@ -227,8 +231,12 @@ MOEKIT_DEVICE MOEKIT_FORCEINLINE T shfl_xor_sync(unsigned mask, T value, int lan
 MOEKIT_DEVICE MOEKIT_FORCEINLINE unsigned ballot_sync(unsigned mask, bool predicate) {
   return __ballot_sync(mask, predicate);
 }
-MOEKIT_DEVICE MOEKIT_FORCEINLINE bool any_sync(unsigned mask, bool predicate) { return __any_sync(mask, predicate) != 0; }
-MOEKIT_DEVICE MOEKIT_FORCEINLINE bool all_sync(unsigned mask, bool predicate) { return __all_sync(mask, predicate) != 0; }
+MOEKIT_DEVICE MOEKIT_FORCEINLINE bool any_sync(unsigned mask, bool predicate) {
+  return __any_sync(mask, predicate) != 0;
+}
+MOEKIT_DEVICE MOEKIT_FORCEINLINE bool all_sync(unsigned mask, bool predicate) {
+  return __all_sync(mask, predicate) != 0;
+}
 template <class T>
 MOEKIT_DEVICE MOEKIT_FORCEINLINE unsigned match_any_sync(unsigned mask, T value) {
   return __match_any_sync(mask, value);

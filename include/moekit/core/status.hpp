@@ -7,20 +7,20 @@
 MOEKIT_NAMESPACE_BEGIN
 
 // clang-format off (clang-format 14 mangles an attribute on an enum)
-enum class [[nodiscard]] Status : int {
-  ok = 0,
-  invalid_argument,     // a null pointer, a negative size, an argument out of its range
-  invalid_problem,      // sizes that no configuration of this layer can run
-  misaligned,           // a pointer or stride that breaks the alignment the kernel needs
-  workspace_too_small,  // the caller's workspace is smaller than workspace_size() said
-  unsupported_config,   // this compile-time configuration cannot run this problem
-  unsupported_arch,     // the device lacks an instruction the kernel needs
-  launch_failed,        // the launch itself failed (bad grid, too much shared memory, ...)
-  cuda_error,           // a CUDA runtime error; the cudaError_t travels beside the Status
-  emulation_error,      // the emulator found a bug: a race, a deadlock, a divergent barrier, ...
-  out_of_memory,
-  io_error,
-  internal_error,
+enum class [[nodiscard]] Status : int{
+    ok = 0,
+    invalid_argument,     // a null pointer, a negative size, an argument out of its range
+    invalid_problem,      // sizes that no configuration of this layer can run
+    misaligned,           // a pointer or stride that breaks the alignment the kernel needs
+    workspace_too_small,  // the caller's workspace is smaller than workspace_size() said
+    unsupported_config,   // this compile-time configuration cannot run this problem
+    unsupported_arch,     // the device lacks an instruction the kernel needs
+    launch_failed,        // the launch itself failed (bad grid, too much shared memory, ...)
+    cuda_error,           // a CUDA runtime error; the cudaError_t travels beside the Status
+    emulation_error,      // the emulator found a bug: a race, a deadlock, a divergent barrier, ...
+    out_of_memory,
+    io_error,
+    internal_error,
 };
 // clang-format on
 

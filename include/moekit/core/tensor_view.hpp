@@ -28,7 +28,8 @@ struct TensorView {
   std::array<index_type, Rank> strides{};  // in elements; may be 0 (broadcast), never negative
 
   // A dense view with the last dimension contiguous.
-  [[nodiscard]] MOEKIT_HOST_DEVICE static constexpr TensorView row_major(T* p, std::array<index_type, Rank> e) noexcept {
+  [[nodiscard]] MOEKIT_HOST_DEVICE static constexpr TensorView row_major(T* p,
+                                                                         std::array<index_type, Rank> e) noexcept {
     TensorView v;
     v.data = p;
     v.extents = e;

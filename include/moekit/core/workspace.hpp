@@ -75,9 +75,7 @@ class Workspace {
   // size) and the bytes that were left.
   [[nodiscard]] MOEKIT_HOST_DEVICE constexpr char const* failed_buffer() const noexcept { return failed_name_; }
   [[nodiscard]] MOEKIT_HOST_DEVICE constexpr std::size_t failed_bytes() const noexcept { return failed_bytes_; }
-  [[nodiscard]] MOEKIT_HOST_DEVICE constexpr std::size_t bytes_left_at_failure() const noexcept {
-    return failed_left_;
-  }
+  [[nodiscard]] MOEKIT_HOST_DEVICE constexpr std::size_t bytes_left_at_failure() const noexcept { return failed_left_; }
 
  private:
   MOEKIT_HOST_DEVICE constexpr void fail(Status s, char const* name, std::size_t bytes) noexcept {

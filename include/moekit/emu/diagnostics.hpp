@@ -56,7 +56,7 @@ struct Diagnostic {
 struct LaunchResult {
   Status status = Status::ok;
   std::vector<Diagnostic> diagnostics;
-  std::size_t suppressed = 0;       // findings beyond LaunchOptions::max_diagnostics
+  std::size_t suppressed = 0;          // findings beyond LaunchOptions::max_diagnostics
   std::uint64_t context_switches = 0;  // fiber switches the launch took (a cost measure)
 
   [[nodiscard]] bool ok() const noexcept { return status == Status::ok; }

@@ -42,12 +42,12 @@ inline std::string launch_error(LaunchConfig const& c, LaunchOptions const& o) {
            std::to_string(d.shared_memory_per_block) + " per block";
   }
   if (c.cooperative) {
-    int const per_sm = max_active_blocks_per_sm(d, static_cast<int>(c.block.volume()), c.dynamic_shared_bytes,
-                                                c.registers_per_thread);
+    int const per_sm =
+        max_active_blocks_per_sm(d, static_cast<int>(c.block.volume()), c.dynamic_shared_bytes, c.registers_per_thread);
     std::uint64_t const fit = static_cast<std::uint64_t>(per_sm) * static_cast<std::uint64_t>(d.sm_count);
     if (c.grid.volume() > fit) {
-      return "cooperative grid of " + std::to_string(c.grid.volume()) + " blocks exceeds the " +
-             std::to_string(fit) + " that can be co-resident on " + d.name;
+      return "cooperative grid of " + std::to_string(c.grid.volume()) + " blocks exceeds the " + std::to_string(fit) +
+             " that can be co-resident on " + d.name;
     }
   }
   return {};

@@ -10,12 +10,11 @@
 // Everything the runtime keeps lives on the heap, never on a fiber's stack, so an aborted
 // launch can drop its threads' stacks without unwinding them.
 
-#include <boost/context/fiber.hpp>
+#include <algorithm>
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
-#include <algorithm>
-#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <deque>
@@ -27,12 +26,14 @@
 #include <utility>
 #include <vector>
 
+#include <boost/context/fiber.hpp>
+
 #include "moekit/config.hpp"
-#include "moekit/emu/diagnostics.hpp"
-#include "moekit/emu/launch_config.hpp"
 #include "moekit/emu/detail/sanitizer.hpp"
 #include "moekit/emu/detail/shadow_memory.hpp"
 #include "moekit/emu/detail/stack_pool.hpp"
+#include "moekit/emu/diagnostics.hpp"
+#include "moekit/emu/launch_config.hpp"
 
 MOEKIT_NAMESPACE_BEGIN
 namespace emu::detail {
@@ -103,9 +104,9 @@ struct Thread {
   boost::context::fiber scheduler;  // the scheduler's continuation, while this thread runs
   boost::context::stack_context stack{};
 
-  LanePayload in, out;        // warp-collective operands and results
+  LanePayload in, out;  // warp-collective operands and results
   std::int64_t barrier_result = 0;
-  std::vector<AsyncCopy> open_copies;               // cp.async issued since the last commit
+  std::vector<AsyncCopy> open_copies;              // cp.async issued since the last commit
   std::deque<std::vector<AsyncCopy>> copy_groups;  // committed, not yet waited for
 };
 
@@ -215,8 +216,7 @@ struct Runtime {
   }
 
   static std::string who(Thread const& t) {
-    return "thread " + std::to_string(t.linear) + " " + format_dim(t.index) + " of block " +
-           format_dim(t.block->index);
+    return "thread " + std::to_string(t.linear) + " " + format_dim(t.index) + " of block " + format_dim(t.block->index);
   }
 
   // A fatal finding: record it, stop the launch, never return to the calling thread.
@@ -305,8 +305,8 @@ struct Runtime {
     std::uint32_t const bit = 1u << t.lane;
     if ((mask & bit) == 0) {
       fail(t, Finding::invalid_mask,
-           who(t) + " (lane " + std::to_string(t.lane) + ") calls " + what + " (" + place(where) +
-               ") with mask " + hex(mask) + ", which does not name the calling lane");
+           who(t) + " (lane " + std::to_string(t.lane) + ") calls " + what + " (" + place(where) + ") with mask " +
+               hex(mask) + ", which does not name the calling lane");
     }
     std::uint32_t const needed = mask & w.exists;
     if ((needed & w.exited) != 0) {
@@ -320,9 +320,9 @@ struct Runtime {
       c = w.open.insert(w.open.end(), Collective{0, needed, what, fn, where});
     } else if (c->mask != needed || c->fn != fn) {
       fail(t, Finding::warp_divergence,
-           who(t) + " calls " + what + " (" + place(where) + ") with mask " + hex(needed) +
-               " while lanes " + hex(c->arrived) + " of warp " + std::to_string(w.index) + " wait in " + c->what +
-               " (" + place(c->where) + ") with mask " + hex(c->mask));
+           who(t) + " calls " + what + " (" + place(where) + ") with mask " + hex(needed) + " while lanes " +
+               hex(c->arrived) + " of warp " + std::to_string(w.index) + " wait in " + c->what + " (" +
+               place(c->where) + ") with mask " + hex(c->mask));
     }
     c->arrived |= bit;
     if (c->arrived == needed) {
@@ -463,8 +463,8 @@ struct Runtime {
     progress();
     if (b.arrived != 0) {
       fail(t, Finding::exited_at_barrier,
-           who(t) + " exited while " + std::to_string(b.arrived) + " thread(s) of its block wait at " +
-               b.barrier_what + " (" + place(b.barrier_where) + ")");
+           who(t) + " exited while " + std::to_string(b.arrived) + " thread(s) of its block wait at " + b.barrier_what +
+               " (" + place(b.barrier_where) + ")");
     }
     for (Collective const& c : w.open) {
       if ((c.mask >> t.lane & 1u) != 0) {
@@ -508,16 +508,15 @@ struct Runtime {
       t.warp->exists |= 1u << t.lane;
       t.warp->lanes[t.lane] = &t;
       Runtime* rt = this;
-      t.fiber.emplace(boost::context::fiber(
-          std::allocator_arg, PooledStack{&t.stack, options.stack_bytes},
-          [rt, &t](boost::context::fiber&& scheduler) {
-            FiberSwitch::entered(&rt->scheduler_stack);
-            t.scheduler = std::move(scheduler);
-            rt->body(rt->body_context);
-            rt->on_exit(t);
-            FiberSwitch::leave_for_good(rt->scheduler_stack);
-            return std::move(t.scheduler);
-          }));
+      t.fiber.emplace(boost::context::fiber(std::allocator_arg, PooledStack{&t.stack, options.stack_bytes},
+                                            [rt, &t](boost::context::fiber&& scheduler) {
+                                              FiberSwitch::entered(&rt->scheduler_stack);
+                                              t.scheduler = std::move(scheduler);
+                                              rt->body(rt->body_context);
+                                              rt->on_exit(t);
+                                              FiberSwitch::leave_for_good(rt->scheduler_stack);
+                                              return std::move(t.scheduler);
+                                            }));
       ready.push_back(&t);
     }
     resident.push_back(std::move(block));

@@ -109,8 +109,8 @@ class SharedShadow {
   };
   struct Cell {
     Record write;
-    Record read;                     // the first reader in the current epoch
-    std::uint32_t others_epoch = 0;  // further readers of that epoch, summarised:
+    Record read;                         // the first reader in the current epoch
+    std::uint32_t others_epoch = 0;      // further readers of that epoch, summarised:
     std::uint32_t others_warp_sync = 0;  // the latest warp-sync count any of them had
     std::int32_t others_thread = -1;     // their thread if only one, else `many`
     std::int32_t others_warp = -1;       // their warp if all in one warp, else `many`

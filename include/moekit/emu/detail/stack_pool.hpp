@@ -6,11 +6,12 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-#include <boost/context/stack_context.hpp>
 #include <cstddef>
 #include <mutex>
 #include <new>
 #include <vector>
+
+#include <boost/context/stack_context.hpp>
 
 #include "moekit/config.hpp"
 

@@ -266,6 +266,11 @@ TEST_CASE("block primitives: BlockRadixSort", "[emu][block_primitives]") {
     keys[6] = 0.0;
     check_sort<double, 32, 4, false>(keys, seed);
   }
+  SECTION("8192 long long keys with values: more than an emulated thread's stack holds") {
+    // 8192 items of 8-byte keys, 4-byte values and 4-byte indices are 128 KiB, twice the 64 KiB
+    // stack of an emulated thread: the sort must not keep its scratch on the stack.
+    check_sort<long long, 512, 16, true>(random_values<long long>(blocks * 512 * 16, 12, -1000, 1000), seed);
+  }
 }
 
 TEST_CASE("block primitives: a block size other than the one instantiated is reported",

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cstring>
 #include <type_traits>
+#include <vector>
 
 #include "moekit/arch/barrier.hpp"
 #include "moekit/arch/block_scan.hpp"
@@ -73,15 +74,16 @@ class BlockRadixSort {
     }
     sync_threads();
     if (thread_rank() == 0) {
-      int order[items];
+      // On the heap: a block's worth of items can exceed an emulated thread's stack (64 KiB).
+      std::vector<int> order(items);
       for (int i = 0; i < items; ++i) {
         order[i] = i;
       }
-      std::stable_sort(order, order + items, [this](int a, int b) {
+      std::stable_sort(order.begin(), order.end(), [this](int a, int b) {
         return detail::radix_bits(static_cast<Key>(s_.keys[a])) < detail::radix_bits(static_cast<Key>(s_.keys[b]));
       });
-      Key sorted_keys[items];
-      StoredValue sorted_values[has_values ? items : 1];
+      std::vector<Key> sorted_keys(items);
+      std::vector<StoredValue> sorted_values(has_values ? items : 1);
       for (int i = 0; i < items; ++i) {
         sorted_keys[i] = s_.keys[order[i]];
         if constexpr (has_values) {

@@ -389,3 +389,72 @@ TEST_CASE("racecheck: findings beyond max_diagnostics are counted, not listed", 
   CHECK(r.suppressed > 0);
   CHECK(emu_test::contains(r.summary(), "more"));
 }
+
+TEST_CASE("racecheck: atomics on shared memory race with plain accesses, not with each other",
+          "[emu][racecheck][planted]") {
+  auto const seed = GENERATE(0u, 1u, 2u);
+  CAPTURE(seed);
+  // A shared histogram of 8 bins over 64 threads: thread t adds 1 to bin t % 8. `missing`
+  // names the barrier left out: 1 the one between zeroing and the atomics, 2 the one between
+  // the atomics and the read; 3 keeps both but lets thread 33 reset bin 5 right after its add;
+  // 4 has warp 0 only, ordered by __syncwarp instead of barriers.
+  auto kernel = [](int* o, int missing) {
+    auto& s = arch::shared_storage<Smem>();
+    unsigned const t = arch::thread_rank();
+    if (t < 8) {
+      s.v[t] = 0;
+    }
+    if (missing == 4) {
+      arch::sync_warp();
+    } else if (missing != 1) {
+      arch::sync_threads();
+    }
+    arch::atomic_add(&s.v[t % 8], 1);
+    if (missing == 3 && t == 33) {
+      s.v[5] = 0;
+    }
+    if (missing == 4) {
+      arch::sync_warp();
+    } else if (missing != 2) {
+      arch::sync_threads();
+    }
+    if (t < 8) {
+      o[t] = s.v[t];
+    }
+  };
+  std::vector<int> out(8, -1);
+  auto const launch = [&](int missing) {
+    return emu::launch({.grid = 1, .block = missing == 4 ? 32u : 64u, .dynamic_shared_bytes = sizeof(Smem)},
+                       checked(seed), kernel, out.data(), missing);
+  };
+  SECTION("with the barriers: clean and right") {
+    auto const r = launch(0);
+    INFO(r.summary());
+    REQUIRE(r.ok());
+    CHECK(out == std::vector<int>(8, 8));
+  }
+  SECTION("within one warp, __syncwarp orders them: clean and right") {
+    auto const r = launch(4);
+    INFO(r.summary());
+    REQUIRE(r.ok());
+    CHECK(out == std::vector<int>(8, 4));
+  }
+  SECTION("zeroing with no barrier before the atomics is reported") {
+    auto const r = launch(1);
+    INFO(r.summary());
+    CHECK(r.status == Status::emulation_error);
+    CHECK(race_names_both_threads_and_address(r));
+  }
+  SECTION("reading the bins with no barrier after the atomics is reported") {
+    auto const r = launch(2);
+    INFO(r.summary());
+    CHECK(r.status == Status::emulation_error);
+    CHECK(emu_test::has_message(r, emu::Finding::race_read_after_write, "reads 4 byte(s)"));
+  }
+  SECTION("a plain write over other threads' atomics is reported") {
+    auto const r = launch(3);
+    INFO(r.summary());
+    CHECK(r.status == Status::emulation_error);
+    CHECK(emu_test::has_message(r, emu::Finding::race_write_after_write, "thread 33 ", "offset 20"));
+  }
+}

@@ -409,7 +409,8 @@ struct Runtime {
     }
   }
 
-  // An atomic on shared memory reads it (initcheck applies) but never races with another atomic.
+  // An atomic on shared memory reads it (initcheck applies) and races with plain reads and writes
+  // of other threads, but never with another atomic.
   void shared_atomic(Thread& t, void const* p, std::size_t n) {
     Block& b = *t.block;
     std::size_t offset = 0;
@@ -421,7 +422,13 @@ struct Runtime {
                                               " byte(s) of shared memory at offset " + std::to_string(offset) +
                                               " that nothing wrote since the block started");
     }
-    b.shadow.mark_written(offset, n);
+    Conflict c{};
+    if (b.shadow.on_atomic(offset, n, Accessor{t.linear, t.warp->index, b.epoch, t.warp->full_syncs}, c)) {
+      report(c.kind, who(t) + " applies an atomic to " + std::to_string(n) + " byte(s) of shared memory at offset " +
+                         std::to_string(offset) + " (conflict at byte " + std::to_string(c.offset) + "), accessed by " +
+                         (c.other >= 0 ? "thread " + std::to_string(c.other) : std::string("several threads")) +
+                         " with no barrier between (after barrier #" + std::to_string(b.epoch - 1) + ")");
+    }
   }
 
   // ---- cp.async ----------------------------------------------------------------------------------

@@ -55,6 +55,9 @@ class SharedShadow {
         out = {Finding::race_read_after_write, i, c.write.thread};
         found = true;
       }
+      if (!found) {
+        found = atomic_conflict(c, a, i, Finding::race_read_after_write, out);
+      }
       add_reader(c, a);
     }
     return found;
@@ -72,11 +75,30 @@ class SharedShadow {
         continue;
       }
       if (!found) {
-        found = write_conflict(c, a, i, out);
+        found = write_conflict(c, a, i, out) || atomic_conflict(c, a, i, Finding::race_write_after_write, out);
       }
       c.write = {a.epoch, a.warp_sync, a.thread, a.warp};
       c.read.epoch = 0;  // later writers are checked against this write, which the reads preceded
       c.others_epoch = 0;
+      c.atomic.epoch = 0;
+    }
+    return found;
+  }
+
+  // An atomic read-modify-write: it initialises the bytes and races with plain reads and writes
+  // of other threads (either order), never with other atomics.
+  [[nodiscard]] bool on_atomic(std::size_t offset, std::size_t n, Accessor const& a, Conflict& out) {
+    bool found = false;
+    for (std::size_t i = offset; i < offset + n && i < cells_.size(); ++i) {
+      Cell& c = cells_[i];
+      c.written = true;
+      if (!races_) {
+        continue;
+      }
+      if (!found) {
+        found = write_conflict(c, a, i, out);
+      }
+      add_atomic(c, a);
     }
     return found;
   }
@@ -91,15 +113,9 @@ class SharedShadow {
     return true;
   }
 
-  // Atomics: mark bytes written without race tracking (atomics do not race with each other).
-  void mark_written(std::size_t offset, std::size_t n) noexcept {
-    for (std::size_t i = offset; i < offset + n && i < cells_.size(); ++i) {
-      cells_[i].written = true;
-    }
-  }
-
  private:
   static constexpr std::int32_t many = -2;
+  static constexpr std::uint32_t many_u = 0xffffffffu;  // a Record's thread or warp: several
 
   struct Record {
     std::uint32_t epoch = 0;  // 0: no access recorded
@@ -110,6 +126,8 @@ class SharedShadow {
   struct Cell {
     Record write;
     Record read;                         // the first reader in the current epoch
+    Record atomic;                       // atomics of that epoch since the last plain write,
+                                         // summarised: thread/warp `many_u` if several, latest sync
     std::uint32_t others_epoch = 0;      // further readers of that epoch, summarised:
     std::uint32_t others_warp_sync = 0;  // the latest warp-sync count any of them had
     std::int32_t others_thread = -1;     // their thread if only one, else `many`
@@ -142,6 +160,25 @@ class SharedShadow {
       c.others_warp = many;
     }
     c.others_warp_sync = a.warp_sync > c.others_warp_sync ? a.warp_sync : c.others_warp_sync;
+  }
+
+  static void add_atomic(Cell& c, Accessor const& a) noexcept {
+    if (c.atomic.epoch != a.epoch) {
+      c.atomic = {a.epoch, a.warp_sync, a.thread, a.warp};
+      return;
+    }
+    c.atomic.thread = c.atomic.thread == a.thread ? a.thread : many_u;
+    c.atomic.warp = c.atomic.warp == a.warp ? a.warp : many_u;
+    c.atomic.warp_sync = a.warp_sync > c.atomic.warp_sync ? a.warp_sync : c.atomic.warp_sync;
+  }
+
+  // A plain access after atomics of another thread with no barrier between.
+  static bool atomic_conflict(Cell const& c, Accessor const& a, std::size_t i, Finding kind, Conflict& out) noexcept {
+    if (c.atomic.epoch == a.epoch && !ordered(c.atomic, a)) {
+      out = {kind, i, c.atomic.thread == many_u ? -1 : static_cast<std::int64_t>(c.atomic.thread)};
+      return true;
+    }
+    return false;
   }
 
   static bool write_conflict(Cell const& c, Accessor const& a, std::size_t i, Conflict& out) noexcept {

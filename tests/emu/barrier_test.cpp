@@ -116,6 +116,40 @@ TEST_CASE("barrier: __threadfence lets a spinning block see another block's rele
   CHECK(seen == 42);
 }
 
+TEST_CASE("barrier: a thread spinning on a shared-memory word lets the others run, never hangs",
+          "[emu][barrier][planted]") {
+  // Thread 0 waits for the word thread 40 sets, reading it with no scheduling point: hardware
+  // schedules threads independently; the emulator must not run thread 0 forever.
+  struct Flag {
+    arch::SharedArray<int, 1> word;
+  };
+  auto kernel = [](int* o, bool set) {
+    auto& s = arch::shared_storage<Flag>();
+    unsigned const t = arch::thread_rank();
+    if (t == 0) {
+      while (s.word[0] != 1) {}
+      *o = 1;
+    } else if (t == 40 && set) {
+      s.word[0] = 1;
+    }
+  };
+  int out = 0;
+  SECTION("the spin ends when the other thread sets the word") {
+    auto const r =
+        emu::launch({.grid = 1, .block = 64, .dynamic_shared_bytes = sizeof(Flag)}, unchecked(), kernel, &out, true);
+    INFO(r.summary());
+    REQUIRE(r.ok());
+    CHECK(out == 1);
+  }
+  SECTION("a spin nothing ends is reported") {
+    auto const r =
+        emu::launch({.grid = 1, .block = 64, .dynamic_shared_bytes = sizeof(Flag)}, unchecked(), kernel, &out, false);
+    INFO(r.summary());
+    CHECK(r.status == Status::emulation_error);
+    CHECK(emu_test::has_message(r, emu::Finding::deadlock, "spin"));
+  }
+}
+
 TEST_CASE("barrier: threads at two different __syncthreads are reported, never hang", "[emu][barrier][planted]") {
   auto const seed = GENERATE(0u, 1u, 2u, 3u);
   CAPTURE(seed);

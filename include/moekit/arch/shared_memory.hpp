@@ -19,10 +19,12 @@ MOEKIT_ARCH_NAMESPACE_BEGIN
 namespace detail {
 inline void shared_read(void const* p, std::size_t n) {
   auto& t = me("shared memory read");
+  runtime().count_shared_access(t);
   runtime().shared_access(t, p, n, false);
 }
 inline void shared_write(void const* p, std::size_t n) {
   auto& t = me("shared memory write");
+  runtime().count_shared_access(t);
   runtime().shared_access(t, p, n, true);
 }
 }  // namespace detail

@@ -106,6 +106,7 @@ struct Thread {
 
   LanePayload in, out;  // warp-collective operands and results
   std::int64_t barrier_result = 0;
+  std::uint32_t shared_accesses = 0;               // SharedArray accesses since the thread last gave up the CPU
   std::vector<AsyncCopy> open_copies;              // cp.async issued since the last commit
   std::deque<std::vector<AsyncCopy>> copy_groups;  // committed, not yet waited for
 };
@@ -205,6 +206,7 @@ struct Runtime {
   std::source_location grid_where;
 
   static constexpr std::uint64_t livelock_steps = 50'000'000;
+  static constexpr std::uint32_t spin_accesses = 1u << 20;
 
   // ---- reporting ----------------------------------------------------------------------------
   void report(Finding kind, std::string message) {
@@ -231,6 +233,7 @@ struct Runtime {
 
   // ---- switching (called on the emulated thread's fiber) ------------------------------------------
   void suspend(Thread& t) {
+    t.shared_accesses = 0;
     FiberSwitch to_scheduler(scheduler_stack);
     t.scheduler = std::move(t.scheduler).resume();
     to_scheduler.arrived(&scheduler_stack);
@@ -248,6 +251,17 @@ struct Runtime {
     t.state = Thread::State::ready;
     ready.push_back(&t);
     suspend(t);
+  }
+
+  // A thread that reads or writes shared memory this often with no scheduling point between may
+  // be spinning on a word another thread is to set: let the others run (hardware schedules
+  // threads independently), and count it towards the livelock guard, so that a spin nothing
+  // ends is reported instead of hanging the process. Only for the running thread.
+  void count_shared_access(Thread& t) {
+    if (++t.shared_accesses >= spin_accesses) {
+      steps_since_progress += livelock_steps / 64;
+      yield(t);
+    }
   }
 
   void wake(Thread& t) {

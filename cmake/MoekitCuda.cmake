@@ -145,7 +145,7 @@ function(moekit_add_nvcc_report name)
       add_custom_command(
         OUTPUT "${out}"
         COMMAND "${Python3_EXECUTABLE}" "${MOEKIT_NVCC_REPORT_TOOL}" compile ${common_args}
-                --arch "${arch}" --source "${src}" --out "${out}" --workdir "${unit_dir}/work/${unit}"
+                --arch "${arch}" --source "${src}" --out "${out}" --workdir "${unit_dir}/scratch/${unit}"
                 --depfile "${out}.d"
         DEPENDS "${src}" "${MOEKIT_NVCC_REPORT_TOOL}"
         DEPFILE "${out}.d"

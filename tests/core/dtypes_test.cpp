@@ -75,10 +75,30 @@ struct Format {
   uint32_t max_code() const { return e4m3 ? 0x7Eu : inf_code() - 1u; }       // largest finite magnitude
 };
 
-constexpr Format bf16_format{"bf16", 8, 7, false};
-constexpr Format fp16_format{"fp16", 5, 10, false};
-constexpr Format e4m3_format{"e4m3", 4, 3, true};
-constexpr Format e5m2_format{"e5m2", 5, 2, false};
+// Per element type: its format and, for the 16-bit types, where a NaN's quiet bit lies and how far its payload
+// moves on the way to float.
+template <class T>
+struct FormatOf;
+template <>
+struct FormatOf<bf16_t> {
+  static constexpr Format format{"bf16", 8, 7, false};
+  static constexpr uint32_t quiet_bit = 0x0040u;
+  static constexpr int payload_shift = 16;  // to_float is the code shifted: float's top 16 bits
+};
+template <>
+struct FormatOf<fp16_t> {
+  static constexpr Format format{"fp16", 5, 10, false};
+  static constexpr uint32_t quiet_bit = 0x0200u;
+  static constexpr int payload_shift = 13;
+};
+template <>
+struct FormatOf<fp8_e4m3_t> {
+  static constexpr Format format{"e4m3", 4, 3, true};
+};
+template <>
+struct FormatOf<fp8_e5m2_t> {
+  static constexpr Format format{"e5m2", 5, 2, false};
+};
 
 // Value of a code straight from the definition of the format.
 double ref_decode(Format const& f, uint32_t code) {
@@ -125,20 +145,9 @@ struct RefRounder {
   double mid_above(uint32_t c) const { return (values[c] + values[c + 1]) / 2; }
 };
 
-RefRounder const& ref_bf16() {
-  static RefRounder const r(bf16_format);
-  return r;
-}
-RefRounder const& ref_fp16() {
-  static RefRounder const r(fp16_format);
-  return r;
-}
-RefRounder const& ref_e4m3() {
-  static RefRounder const r(e4m3_format);
-  return r;
-}
-RefRounder const& ref_e5m2() {
-  static RefRounder const r(e5m2_format);
+template <class T>
+RefRounder const& ref() {
+  static RefRounder const r(FormatOf<T>::format);
   return r;
 }
 
@@ -179,6 +188,27 @@ uint32_t expected_fp8(RefRounder const& r, Src x, Saturation sat) {
   return sign | (f.e4m3 ? 0x7Fu : f.inf_code());
 }
 
+// Calls add(d) with every finite value of every format and every midpoint between neighbours (the ties).
+template <class F>
+void for_each_format_boundary(F&& add) {
+  for (RefRounder const* r : {&ref<bf16_t>(), &ref<fp16_t>(), &ref<fp8_e4m3_t>(), &ref<fp8_e5m2_t>()}) {
+    for (uint32_t c = 0; c < r->values.size(); ++c) {
+      add(r->values[c]);
+      if (c + 1 < r->values.size()) add(r->mid_above(c));
+    }
+  }
+}
+
+// Appends x (float or double) and its two neighbours in its own type, each with both signs.
+template <class Fp>
+void push_with_neighbours(std::vector<Fp>& out, Fp x) {
+  constexpr Fp inf = std::numeric_limits<Fp>::infinity();
+  for (Fp g : {x, std::nextafter(x, -inf), std::nextafter(x, inf)}) {
+    out.push_back(g);
+    out.push_back(-g);
+  }
+}
+
 // Every float near a boundary of some format: each finite value, each midpoint between neighbours (the ties),
 // their float neighbours, both signs; plus float's own special values.
 std::vector<float> const& boundary_floats() {
@@ -187,17 +217,9 @@ std::vector<float> const& boundary_floats() {
     auto add = [&](double d) {
       auto const f = static_cast<float>(d);
       if (static_cast<double>(f) != d) return;  // not a float: only the bf16 "max + ulp" value, 2^128
-      for (float g : {f, std::nextafter(f, -inf_f), std::nextafter(f, inf_f)}) {
-        out.push_back(g);
-        out.push_back(-g);
-      }
+      push_with_neighbours(out, f);
     };
-    for (RefRounder const* r : {&ref_bf16(), &ref_fp16(), &ref_e4m3(), &ref_e5m2()}) {
-      for (uint32_t c = 0; c < r->values.size(); ++c) {
-        add(r->values[c]);
-        if (c + 1 < r->values.size()) add(r->mid_above(c));
-      }
-    }
+    for_each_format_boundary(add);
     for (uint32_t b :
          {0x00000000u, 0x00000001u, 0x007FFFFFu, 0x00800000u, 0x7F7FFFFFu, 0x7F800000u, 0x7F800001u, 0x7FA00000u,
           0x7FC00000u, 0x7FC00001u, 0x7FFFFFFFu, 0x7F802000u, 0x7FBFFFFFu, 0x7FE00000u, 0x7F812345u}) {
@@ -214,18 +236,7 @@ std::vector<float> const& boundary_floats() {
 std::vector<double> const& boundary_doubles() {
   static std::vector<double> const v = [] {
     std::vector<double> out;
-    auto add = [&](double d) {
-      for (double g : {d, std::nextafter(d, -inf_d), std::nextafter(d, inf_d)}) {
-        out.push_back(g);
-        out.push_back(-g);
-      }
-    };
-    for (RefRounder const* r : {&ref_bf16(), &ref_fp16(), &ref_e4m3(), &ref_e5m2()}) {
-      for (uint32_t c = 0; c < r->values.size(); ++c) {
-        add(r->values[c]);
-        if (c + 1 < r->values.size()) add(r->mid_above(c));
-      }
-    }
+    for_each_format_boundary([&](double d) { push_with_neighbours(out, d); });
     for (uint64_t b : {0x0ull, 0x1ull, 0x000FFFFFFFFFFFFFull, 0x7FEFFFFFFFFFFFFFull, 0x7FF0000000000000ull,
                        0x7FF0000000000001ull, 0x7FF4000000000000ull, 0x7FF8000000000000ull, 0x7FFC000000000000ull,
                        0x7FFFFFFFFFFFFFFFull, 0x47EFFFFFE0000000ull, 0x47EFFFFFF0000000ull}) {
@@ -280,17 +291,29 @@ static_assert(to_float(fp8_e4m3_t::from_bits(0x38)) == 1.0f && from_float<fp16_t
 // ---------------------------------------------------------------------------------------------------------------
 // 16-bit formats
 
-TEST_CASE("bf16: to_float is exact and float -> bf16 -> float round-trips, for all 65536 bit patterns",
-          "[core][dtypes]") {
+// Both 16-bit types: every check is made on every code of each, so a check first written for one type (the exact
+// float bits of bf16, the NaN payload of fp16, operator double) now covers the other as well.
+TEMPLATE_TEST_CASE("bf16, fp16: to_float is exact and float -> 16 bits -> float round-trips, for all 65536 bit "
+                   "patterns",
+                   "[core][dtypes]", bf16_t, fp16_t) {
+  using T = TestType;
+  using F = FormatOf<T>;
+  constexpr uint32_t man_mask = (1u << F::format.man_bits) - 1u;
   Mismatches decode, round_trip, round_trip_double, nan_round_trip, predicates;
   for (uint32_t code = 0; code <= 0xFFFF; ++code) {
-    auto const x = bf16_t::from_bits(static_cast<uint16_t>(code));
+    auto const x = T::from_bits(static_cast<uint16_t>(code));
     float const f = x.to_float();
-    double const want = ref_decode(bf16_format, code);
+    double const want = ref_decode(F::format, code);
     bool const nan = std::isnan(want);
-    if (bits32(f) != code << 16 || std::isnan(f) != nan || (!nan && static_cast<double>(f) != want) ||
+    if (std::isnan(f) != nan || (!nan && bits64(static_cast<double>(f)) != bits64(want)) ||
         std::signbit(f) != ((code & 0x8000) != 0)) {
       decode.add(hex(code) + " -> " + describe(f));
+    }
+    if constexpr (std::is_same_v<T, bf16_t>) {
+      if (bits32(f) != code << F::payload_shift) decode.add(hex(code) + " -> " + describe(f));
+    }
+    if (nan && (bits32(f) & 0x007FFFFFu) != (code & man_mask) << F::payload_shift) {
+      decode.add(hex(code) + ": NaN payload lost");
     }
     if (bits32(static_cast<float>(x)) != bits32(f) || bits64(x.to_double()) != bits64(static_cast<double>(f)) ||
         bits64(static_cast<double>(x)) != bits64(x.to_double())) {
@@ -301,55 +324,13 @@ TEST_CASE("bf16: to_float is exact and float -> bf16 -> float round-trips, for a
       predicates.add(hex(code));
     }
     if (!nan) {
-      if (bf16_t(f).bits != code) round_trip.add(hex(code) + " -> " + hex(bf16_t(f).bits));
-      if (bf16_t(x.to_double()).bits != code) {
-        round_trip_double.add(hex(code) + " -> " + hex(bf16_t(x.to_double()).bits));
-      }
-    } else if (bf16_t(f).bits != (code | 0x0040u)) {  // quietened, sign and payload kept
-      nan_round_trip.add(hex(code) + " -> " + hex(bf16_t(f).bits));
+      if (T(f).bits != code) round_trip.add(hex(code) + " -> " + hex(T(f).bits));
+      if (T(x.to_double()).bits != code) round_trip_double.add(hex(code) + " -> " + hex(T(x.to_double()).bits));
+    } else if (T(f).bits != (code | F::quiet_bit)) {  // quietened, sign and payload kept
+      nan_round_trip.add(hex(code) + " -> " + hex(T(f).bits));
     }
   }
-  INFO(decode.report());
-  CHECK(decode.count == 0);
-  INFO(predicates.report());
-  CHECK(predicates.count == 0);
-  INFO(round_trip.report());
-  CHECK(round_trip.count == 0);
-  INFO(round_trip_double.report());
-  CHECK(round_trip_double.count == 0);
-  INFO(nan_round_trip.report());
-  CHECK(nan_round_trip.count == 0);
-}
-
-TEST_CASE("fp16: to_float is exact and float -> fp16 -> float round-trips, for all 65536 bit patterns",
-          "[core][dtypes]") {
-  Mismatches decode, round_trip, round_trip_double, nan_round_trip, predicates;
-  for (uint32_t code = 0; code <= 0xFFFF; ++code) {
-    auto const x = fp16_t::from_bits(static_cast<uint16_t>(code));
-    float const f = x.to_float();
-    double const want = ref_decode(fp16_format, code);
-    bool const nan = std::isnan(want);
-    if (std::isnan(f) != nan || (!nan && bits64(static_cast<double>(f)) != bits64(want)) ||
-        std::signbit(f) != ((code & 0x8000) != 0)) {
-      decode.add(hex(code) + " -> " + describe(f));
-    }
-    if (nan && (bits32(f) & 0x007FFFFFu) != (code & 0x03FFu) << 13) decode.add(hex(code) + ": NaN payload lost");
-    if (bits32(static_cast<float>(x)) != bits32(f) || bits64(x.to_double()) != bits64(static_cast<double>(f))) {
-      decode.add(hex(code) + ": operator float / to_double disagree with to_float");
-    }
-    if (x.is_nan() != nan || x.is_inf() != std::isinf(f) || x.is_finite() != std::isfinite(f) ||
-        x.signbit() != std::signbit(f)) {
-      predicates.add(hex(code));
-    }
-    if (!nan) {
-      if (fp16_t(f).bits != code) round_trip.add(hex(code) + " -> " + hex(fp16_t(f).bits));
-      if (fp16_t(x.to_double()).bits != code) {
-        round_trip_double.add(hex(code) + " -> " + hex(fp16_t(x.to_double()).bits));
-      }
-    } else if (fp16_t(f).bits != (code | 0x0200u)) {  // quietened, sign and payload kept
-      nan_round_trip.add(hex(code) + " -> " + hex(fp16_t(f).bits));
-    }
-  }
+  INFO(F::format.name);
   INFO(decode.report());
   CHECK(decode.count == 0);
   INFO(predicates.report());
@@ -473,6 +454,14 @@ TEST_CASE("fp16: rounding, overflow, subnormals, zeros and NaN", "[core][dtypes]
   }
 }
 
+// Compares T(x) (T bf16_t or fp16_t, x float or double) with the reference; a mismatch goes to bad.
+template <class T, class Src>
+void check_16(Src x, Mismatches& bad) {
+  if (uint32_t const w = expected_16(ref<T>(), x); T(x).bits != w) {
+    bad.add(describe(x) + " -> " + hex(T(x).bits) + ", want " + hex(w));
+  }
+}
+
 TEST_CASE("bf16, fp16: float -> 16 bits agrees with the reference rounding on every boundary and every 4093rd "
           "float",
           "[core][dtypes]") {
@@ -480,12 +469,8 @@ TEST_CASE("bf16, fp16: float -> 16 bits agrees with the reference rounding on ev
   std::uint64_t n = 0;
   auto check = [&](float x) {
     ++n;
-    if (uint32_t const w = expected_16(ref_bf16(), x); bf16_t(x).bits != w) {
-      bf16_bad.add(describe(x) + " -> " + hex(bf16_t(x).bits) + ", want " + hex(w));
-    }
-    if (uint32_t const w = expected_16(ref_fp16(), x); fp16_t(x).bits != w) {
-      fp16_bad.add(describe(x) + " -> " + hex(fp16_t(x).bits) + ", want " + hex(w));
-    }
+    check_16<bf16_t>(x, bf16_bad);
+    check_16<fp16_t>(x, fp16_bad);
   };
   for (float x : boundary_floats()) check(x);
   for_strided_floats(4093, check);
@@ -508,12 +493,8 @@ TEST_CASE("bf16, fp16: double -> 16 bits rounds once, as the reference does", "[
 
   Mismatches bf16_bad, fp16_bad;
   auto check = [&](double x) {
-    if (uint32_t const w = expected_16(ref_bf16(), x); bf16_t(x).bits != w) {
-      bf16_bad.add(describe(x) + " -> " + hex(bf16_t(x).bits) + ", want " + hex(w));
-    }
-    if (uint32_t const w = expected_16(ref_fp16(), x); fp16_t(x).bits != w) {
-      fp16_bad.add(describe(x) + " -> " + hex(fp16_t(x).bits) + ", want " + hex(w));
-    }
+    check_16<bf16_t>(x, bf16_bad);
+    check_16<fp16_t>(x, fp16_bad);
   };
   for (double x : boundary_doubles()) check(x);
   for (double x : random_doubles()) check(x);
@@ -527,8 +508,8 @@ TEST_CASE("bf16, fp16: double -> 16 bits rounds once, as the reference does", "[
 // fp8
 
 template <class T>
-void check_fp8_codes(RefRounder const& ref) {
-  Format const& f = ref.format;
+void check_fp8_codes() {
+  Format const& f = FormatOf<T>::format;
   Mismatches decode, round_trip, predicates;
   for (uint32_t code = 0; code <= 0xFF; ++code) {
     auto const x = T::from_bits(static_cast<uint8_t>(code));
@@ -567,7 +548,7 @@ void check_fp8_codes(RefRounder const& ref) {
 }
 
 TEST_CASE("fp8 e4m3: to_float is exact and round-trips, for all 256 codes", "[core][dtypes]") {
-  check_fp8_codes<fp8_e4m3_t>(ref_e4m3());
+  check_fp8_codes<fp8_e4m3_t>();
   CHECK(fp8_e4m3_t::max_finite().to_float() == 448.0f);
   CHECK(fp8_e4m3_t::min_normal().to_float() == 0x1p-6f);
   CHECK(fp8_e4m3_t::min_subnormal().to_float() == 0x1p-9f);
@@ -582,7 +563,7 @@ TEST_CASE("fp8 e4m3: to_float is exact and round-trips, for all 256 codes", "[co
 }
 
 TEST_CASE("fp8 e5m2: to_float is exact and round-trips, for all 256 codes", "[core][dtypes]") {
-  check_fp8_codes<fp8_e5m2_t>(ref_e5m2());
+  check_fp8_codes<fp8_e5m2_t>();
   CHECK(fp8_e5m2_t::max_finite().to_float() == 57344.0f);
   CHECK(fp8_e5m2_t::min_normal().to_float() == 0x1p-14f);
   CHECK(fp8_e5m2_t::min_subnormal().to_float() == 0x1p-16f);
@@ -689,21 +670,24 @@ TEST_CASE("fp8 e5m2: saturation, overflow, rounding, subnormals and NaN", "[core
   }
 }
 
+// Compares T(x, sat) (T an fp8 type, x float or double) with the reference; a mismatch goes to bad.
+template <class T, class Src>
+void check_fp8(Src x, Saturation sat, Mismatches& bad) {
+  if (uint32_t const w = expected_fp8(ref<T>(), x, sat); T(x, sat).bits != w) {
+    char const* mode = sat == Saturation::satfinite ? " satfinite" : " nosat";
+    bad.add(std::string(FormatOf<T>::format.name) + mode + " " + describe(x) + " -> " + hex(T(x, sat).bits) +
+            ", want " + hex(w));
+  }
+}
+
 TEST_CASE("fp8: float and double -> fp8 agree with the reference in both saturation modes", "[core][dtypes]") {
   Mismatches bad;
   std::uint64_t n = 0;
   auto check = [&](auto x) {
     ++n;
     for (Saturation s : {Saturation::satfinite, Saturation::nosat}) {
-      char const* mode = s == Saturation::satfinite ? " satfinite" : " nosat";
-      if (uint32_t const w = expected_fp8(ref_e4m3(), x, s); fp8_e4m3_t(x, s).bits != w) {
-        bad.add(std::string("e4m3") + mode + " " + describe(x) + " -> " + hex(fp8_e4m3_t(x, s).bits) + ", want " +
-                hex(w));
-      }
-      if (uint32_t const w = expected_fp8(ref_e5m2(), x, s); fp8_e5m2_t(x, s).bits != w) {
-        bad.add(std::string("e5m2") + mode + " " + describe(x) + " -> " + hex(fp8_e5m2_t(x, s).bits) + ", want " +
-                hex(w));
-      }
+      check_fp8<fp8_e4m3_t>(x, s, bad);
+      check_fp8<fp8_e5m2_t>(x, s, bad);
     }
   };
   for (float x : boundary_floats()) check(x);
@@ -860,6 +844,18 @@ TEST_CASE("DType: names, sizes and storage", "[core][dtypes]") {
 uint32_t cuda_bits(__nv_bfloat16 x) { return static_cast<__nv_bfloat16_raw>(x).x; }
 uint32_t cuda_bits(__half x) { return static_cast<__half_raw>(x).x; }
 
+// CUDA's host conversions, one name for float and double.
+__nv_bfloat16 cuda_bf16(float x) { return __float2bfloat16_rn(x); }
+__nv_bfloat16 cuda_bf16(double x) { return __double2bfloat16(x); }
+__half cuda_fp16(float x) { return __float2half_rn(x); }
+__half cuda_fp16(double x) { return __double2half(x); }
+__nv_fp8_storage_t cuda_fp8(float x, __nv_saturation_t sat, __nv_fp8_interpretation_t fmt) {
+  return __nv_cvt_float_to_fp8(x, sat, fmt);
+}
+__nv_fp8_storage_t cuda_fp8(double x, __nv_saturation_t sat, __nv_fp8_interpretation_t fmt) {
+  return __nv_cvt_double_to_fp8(x, sat, fmt);
+}
+
 // Compares one float or double with CUDA's host conversions. bf16 and fp16 must agree bit for bit except for NaN,
 // where CUDA returns its canonical NaN 0x7FFF and moekit keeps the sign and payload (both must still be NaN);
 // fp8 must agree bit for bit, NaN included.
@@ -867,33 +863,24 @@ struct CudaOracle {
   Mismatches bf16_bad, fp16_bad, fp8_bad;
   std::uint64_t n = 0;
 
-  void check(float x) {
+  template <class Src>
+  void check(Src x) {
     ++n;
-    compare_16(x, bf16_t(x).bits, cuda_bits(__float2bfloat16_rn(x)), bf16_t::from_bits(bf16_t(x).bits).is_nan(),
-               bf16_bad);
-    compare_16(x, fp16_t(x).bits, cuda_bits(__float2half_rn(x)), fp16_t::from_bits(fp16_t(x).bits).is_nan(), fp16_bad);
-    compare_fp8(x, __nv_cvt_float_to_fp8(x, __NV_SATFINITE, __NV_E4M3), fp8_e4m3_t(x, Saturation::satfinite).bits,
-                "e4m3 satfinite");
-    compare_fp8(x, __nv_cvt_float_to_fp8(x, __NV_NOSAT, __NV_E4M3), fp8_e4m3_t(x, Saturation::nosat).bits,
-                "e4m3 nosat");
-    compare_fp8(x, __nv_cvt_float_to_fp8(x, __NV_SATFINITE, __NV_E5M2), fp8_e5m2_t(x, Saturation::satfinite).bits,
-                "e5m2 satfinite");
-    compare_fp8(x, __nv_cvt_float_to_fp8(x, __NV_NOSAT, __NV_E5M2), fp8_e5m2_t(x, Saturation::nosat).bits,
-                "e5m2 nosat");
+    compare_16(x, bf16_t(x).bits, cuda_bits(cuda_bf16(x)), bf16_t::from_bits(bf16_t(x).bits).is_nan(), bf16_bad);
+    compare_16(x, fp16_t(x).bits, cuda_bits(cuda_fp16(x)), fp16_t::from_bits(fp16_t(x).bits).is_nan(), fp16_bad);
+    compare_fp8(x, cuda_fp8(x, __NV_SATFINITE, __NV_E4M3), fp8_e4m3_t(x, Saturation::satfinite).bits, "e4m3 satfinite");
+    compare_fp8(x, cuda_fp8(x, __NV_NOSAT, __NV_E4M3), fp8_e4m3_t(x, Saturation::nosat).bits, "e4m3 nosat");
+    compare_fp8(x, cuda_fp8(x, __NV_SATFINITE, __NV_E5M2), fp8_e5m2_t(x, Saturation::satfinite).bits, "e5m2 satfinite");
+    compare_fp8(x, cuda_fp8(x, __NV_NOSAT, __NV_E5M2), fp8_e5m2_t(x, Saturation::nosat).bits, "e5m2 nosat");
   }
-  void check(double x) {
-    ++n;
-    compare_16(x, bf16_t(x).bits, cuda_bits(__double2bfloat16(x)), bf16_t::from_bits(bf16_t(x).bits).is_nan(),
-               bf16_bad);
-    compare_16(x, fp16_t(x).bits, cuda_bits(__double2half(x)), fp16_t::from_bits(fp16_t(x).bits).is_nan(), fp16_bad);
-    compare_fp8(x, __nv_cvt_double_to_fp8(x, __NV_SATFINITE, __NV_E4M3), fp8_e4m3_t(x, Saturation::satfinite).bits,
-                "e4m3 satfinite");
-    compare_fp8(x, __nv_cvt_double_to_fp8(x, __NV_NOSAT, __NV_E4M3), fp8_e4m3_t(x, Saturation::nosat).bits,
-                "e4m3 nosat");
-    compare_fp8(x, __nv_cvt_double_to_fp8(x, __NV_SATFINITE, __NV_E5M2), fp8_e5m2_t(x, Saturation::satfinite).bits,
-                "e5m2 satfinite");
-    compare_fp8(x, __nv_cvt_double_to_fp8(x, __NV_NOSAT, __NV_E5M2), fp8_e5m2_t(x, Saturation::nosat).bits,
-                "e5m2 nosat");
+  // The reports of every format; the caller names the inputs.
+  void check_reports() const {
+    INFO("bf16: " << bf16_bad.report());
+    CHECK(bf16_bad.count == 0);
+    INFO("fp16: " << fp16_bad.report());
+    CHECK(fp16_bad.count == 0);
+    INFO("fp8: " << fp8_bad.report());
+    CHECK(fp8_bad.count == 0);
   }
 
   template <class Src>
@@ -913,12 +900,7 @@ TEST_CASE("CUDA oracle: float -> bf16, fp16, e4m3, e5m2 on every 251st float and
   for (float x : boundary_floats()) o.check(x);
   for_strided_floats(251, [&](float x) { o.check(x); });
   INFO(o.n << " floats");
-  INFO("bf16: " << o.bf16_bad.report());
-  CHECK(o.bf16_bad.count == 0);
-  INFO("fp16: " << o.fp16_bad.report());
-  CHECK(o.fp16_bad.count == 0);
-  INFO("fp8: " << o.fp8_bad.report());
-  CHECK(o.fp8_bad.count == 0);
+  o.check_reports();
   CHECK(o.n > 17'000'000);
 }
 
@@ -927,12 +909,7 @@ TEST_CASE("CUDA oracle: double -> bf16, fp16, e4m3, e5m2 on boundaries and rando
   for (double x : boundary_doubles()) o.check(x);
   for (double x : random_doubles()) o.check(x);
   INFO(o.n << " doubles");
-  INFO("bf16: " << o.bf16_bad.report());
-  CHECK(o.bf16_bad.count == 0);
-  INFO("fp16: " << o.fp16_bad.report());
-  CHECK(o.fp16_bad.count == 0);
-  INFO("fp8: " << o.fp8_bad.report());
-  CHECK(o.fp8_bad.count == 0);
+  o.check_reports();
 }
 
 TEST_CASE("CUDA oracle: to_float of every code; NaN only differs in sign and payload", "[core][dtypes][cuda]") {

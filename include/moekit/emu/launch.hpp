@@ -86,7 +86,10 @@ LaunchResult launch(LaunchConfig const& config, LaunchOptions const& options, Ke
   };
   detail::Runtime* const outer = detail::current_runtime;
   detail::current_runtime = &rt;
-  rt.run();
+  {
+    detail::OverflowGuard const guard;  // a kernel overflowing its fiber stack is named, not a bare SIGSEGV
+    rt.run();
+  }
   detail::current_runtime = outer;
   return std::move(rt.result);
 }

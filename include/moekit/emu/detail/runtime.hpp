@@ -29,6 +29,7 @@
 #include <boost/context/fiber.hpp>
 
 #include "moekit/config.hpp"
+#include "moekit/emu/detail/overflow_guard.hpp"
 #include "moekit/emu/detail/sanitizer.hpp"
 #include "moekit/emu/detail/shadow_memory.hpp"
 #include "moekit/emu/detail/stack_pool.hpp"
@@ -590,9 +591,12 @@ struct Runtime {
       t->state = Thread::State::running;
       current_thread = t;
       {
+        running_stack = {
+            static_cast<char const*>(t->stack.sp), t->stack.size, t->linear, b->index.x, b->index.y, b->index.z};
         FiberSwitch to_thread(StackBounds{static_cast<char*>(t->stack.sp) - t->stack.size, t->stack.size});
         t->fiber.resume();
         to_thread.arrived(nullptr);
+        running_stack = {};
       }
       current_thread = nullptr;
       ++result.context_switches;

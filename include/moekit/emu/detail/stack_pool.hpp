@@ -1,5 +1,5 @@
 #pragma once
-// Fiber stacks for emulated threads: mmap'd with a guard page below each (an overflow faults
+// Fiber stacks for emulated threads: mmap'd with a guard region below each (an overflow faults
 // instead of corrupting a neighbour) and reused across launches, because a block of 256
 // threads would otherwise cost 256 mmap/munmap pairs per launch.
 
@@ -43,7 +43,7 @@ class StackPool {
         }
       }
     }
-    std::size_t const guard = page_size();
+    std::size_t const guard = guard_bytes(size);
     void* base = ::mmap(nullptr, size + guard, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (base == MAP_FAILED) {
       throw std::bad_alloc();  // host-side emulator setup, never on a device path
@@ -71,10 +71,16 @@ class StackPool {
   StackPool(StackPool const&) = delete;
   StackPool& operator=(StackPool const&) = delete;
   ~StackPool() {
-    std::size_t const guard = page_size();
     for (auto const& s : free_) {
+      std::size_t const guard = guard_bytes(s.size);
       ::munmap(static_cast<char*>(s.sp) - s.size - guard, s.size + guard);
     }
+  }
+
+  // The inaccessible region below a stack, at least 1 MiB: a kernel's big local array that
+  // overflows the stack lands in it rather than in another mapping. It costs address space only.
+  static std::size_t guard_bytes(std::size_t stack_bytes) noexcept {
+    return stack_bytes > (std::size_t{1} << 20) ? stack_bytes : (std::size_t{1} << 20);
   }
 
  private:

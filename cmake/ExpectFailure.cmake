@@ -2,7 +2,7 @@
 # regular expression in EXPECT (a ;-list, so no unbalanced square brackets in the regexes).
 # Anything else (success, a crash, a usage error, other output) fails the test, so an expected
 # failure cannot pass for the wrong reason.
-#   cmake -DEXPECT=<regex>[;<regex>...] [-DEXPECT_STATUS=<n>] -P expect_failure.cmake -- <command> <args>...
+#   cmake -DEXPECT=<regex>[;<regex>...] [-DEXPECT_STATUS=<n>] -P ExpectFailure.cmake -- <command> <args>...
 if(NOT DEFINED EXPECT_STATUS)
   set(EXPECT_STATUS 1)
 endif()
@@ -19,7 +19,7 @@ foreach(i RANGE 1 ${CMAKE_ARGC})
   endif()
 endforeach()
 if(NOT cmd)
-  message(FATAL_ERROR "expect_failure.cmake: no command after --")
+  message(FATAL_ERROR "ExpectFailure.cmake: no command after --")
 endif()
 execute_process(COMMAND ${cmd} RESULT_VARIABLE status OUTPUT_VARIABLE out ERROR_VARIABLE out)
 message("${out}")

@@ -5,6 +5,7 @@
 
 #include "moekit/config.hpp"
 #include "moekit/core/dtypes.hpp"
+#include "moekit/core/fp32_math.hpp"
 #include "moekit/core/status.hpp"
 #include "moekit/core/tensor_view.hpp"
 #include "moekit/core/workspace.hpp"

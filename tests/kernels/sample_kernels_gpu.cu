@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <cstring>
 #include <random>
 #include <string>
 #include <vector>
@@ -14,6 +15,20 @@
 #include <cuda_runtime.h>
 
 #include "moekit/arch/launch.hpp"
+#include "moekit/arch/thread_index.hpp"
+#include "moekit/core/fp32_math.hpp"
+
+namespace sample_gpu {
+MOEKIT_KERNEL void fp32_math_kernel(float const* x, float* out, std::int64_t n) {
+  std::int64_t const i = std::int64_t{moekit::arch::block_rank()} * 256 + moekit::arch::thread_rank();
+  if (i < n) {
+    out[3 * i] = moekit::fp32::exp(x[i]);
+    out[3 * i + 1] = moekit::fp32::log(x[i]);
+    out[3 * i + 2] = moekit::fp32::sigmoid(x[i]);
+  }
+}
+
+}  // namespace sample_gpu
 
 namespace {
 
@@ -42,6 +57,36 @@ std::vector<T> to_host(T const* p, std::size_t n) {
   std::vector<T> v(n);
   cudaMemcpy(v.data(), p, n * sizeof(T), cudaMemcpyDeviceToHost);
   return v;
+}
+
+// ALGORITHMS.md §0: the device's exp/log/sigmoid must give the host's bits exactly.
+void fp32_math_bits() {
+  std::vector<float> x;
+  for (std::uint64_t u = 0; u < (std::uint64_t{1} << 32); u += 4099) {
+    auto const b = static_cast<std::uint32_t>(u);
+    float f;
+    std::memcpy(&f, &b, sizeof f);
+    x.push_back(f);
+  }
+  auto const n = static_cast<std::int64_t>(x.size());
+  float* d_x = to_device(x);
+  float* d_out = to_device(std::vector<float>(x.size() * 3));
+  moekit::Status const s =
+      arch::launch(sample_gpu::fp32_math_kernel, {.grid = static_cast<unsigned>((n + 255) / 256), .block = 256},
+                   nullptr, d_x, d_out, n);
+  check(s == moekit::Status::ok && cudaDeviceSynchronize() == cudaSuccess, "fp32 math launch");
+  auto const out = to_host(d_out, x.size() * 3);
+  std::size_t mismatches = 0;
+  for (std::size_t i = 0; i < x.size(); ++i) {
+    float const host[3] = {moekit::fp32::exp(x[i]), moekit::fp32::log(x[i]), moekit::fp32::sigmoid(x[i])};
+    mismatches += std::memcmp(host, &out[3 * i], sizeof host) != 0 ? 1 : 0;
+  }
+  if (mismatches != 0) {
+    std::printf("fp32 math: %zu of %zu inputs differ between host and device\n", mismatches, x.size());
+  }
+  check(mismatches == 0, "fp32 exp/log/sigmoid bit-identical on host and device");
+  cudaFree(d_x);
+  cudaFree(d_out);
 }
 
 void block_scan(std::int64_t n) {
@@ -131,6 +176,7 @@ int main(int argc, char** argv) {
       block_scan(n);
     }
   }
+  fp32_math_bits();
   mma_gemm(64, 64, 64);
   mma_gemm(128, 64, 96);
   if (!small) {

@@ -94,11 +94,11 @@ LaunchResult launch(LaunchConfig const& config, LaunchOptions const& options, Ke
   return std::move(rt.result);
 }
 
-// The same with the options of the environment (LaunchOptions::from_environment).
+// The same with the default options: a ScopedLaunchOptions guard's, else the environment's.
 template <class Kernel, class... Args>
   requires(!std::is_same_v<std::decay_t<Kernel>, LaunchOptions>)
 LaunchResult launch(LaunchConfig const& config, Kernel&& kernel, Args&&... args) {
-  return launch(config, LaunchOptions::from_environment(), std::forward<Kernel>(kernel), std::forward<Args>(args)...);
+  return launch(config, default_launch_options(), std::forward<Kernel>(kernel), std::forward<Args>(args)...);
 }
 
 }  // namespace emu

@@ -64,5 +64,36 @@ struct LaunchOptions {
   }
 };
 
+// Options for launches that do not pass their own (arch::launch, and through it every library
+// entry point), set for the current thread while the guard lives. Tests use it to run a
+// library call under several schedule seeds with racecheck on; outside a guard the options
+// come from the environment.
+namespace detail {
+inline LaunchOptions const*& launch_options_override() noexcept {
+  thread_local LaunchOptions const* options = nullptr;
+  return options;
+}
+}  // namespace detail
+
+class ScopedLaunchOptions {
+ public:
+  explicit ScopedLaunchOptions(LaunchOptions const& options) noexcept
+      : options_(options), previous_(detail::launch_options_override()) {
+    detail::launch_options_override() = &options_;
+  }
+  ~ScopedLaunchOptions() { detail::launch_options_override() = previous_; }
+  ScopedLaunchOptions(ScopedLaunchOptions const&) = delete;
+  ScopedLaunchOptions& operator=(ScopedLaunchOptions const&) = delete;
+
+ private:
+  LaunchOptions options_;
+  LaunchOptions const* previous_;
+};
+
+[[nodiscard]] inline LaunchOptions default_launch_options() noexcept {
+  LaunchOptions const* o = detail::launch_options_override();
+  return o != nullptr ? *o : LaunchOptions::from_environment();
+}
+
 }  // namespace emu
 MOEKIT_NAMESPACE_END

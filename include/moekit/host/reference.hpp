@@ -1,0 +1,7 @@
+#pragma once
+// The host reference (the oracle every test checks against): plain code, double accumulation
+// where the algorithm allows, independent of kernels/ and cpu/. One header per policy family;
+// this one includes them all. Every per-token router has an overload
+// `Status host::reference_route(router, routing::RouteBuffers<MemorySpace::host> const&)`.
+
+#include "moekit/host/top_k_reference.hpp"

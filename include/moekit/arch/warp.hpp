@@ -2,6 +2,7 @@
 // Warp collectives: __syncwarp, shuffles, votes, __match_any_sync, __reduce_add_sync and
 // __activemask. Each takes the CUDA mask of participating lanes, with CUDA's semantics.
 
+#include <bit>
 #include <cstring>
 #include <type_traits>
 
@@ -12,6 +13,15 @@ namespace arch {
 MOEKIT_ARCH_NAMESPACE_BEGIN
 
 inline constexpr unsigned full_warp_mask = 0xffffffffu;
+
+// Set bits of x (__popc on the device): with a match_any_sync mask, a lane's rank among its peers.
+[[nodiscard]] MOEKIT_HOST_DEVICE MOEKIT_FORCEINLINE int popc(unsigned x) {
+#if MOEKIT_DEVICE_PASS
+  return __popc(x);
+#else
+  return std::popcount(x);
+#endif
+}
 
 #if MOEKIT_EMULATION
 namespace detail {

@@ -5,3 +5,4 @@
 // `Status host::reference_route(router, routing::RouteBuffers<MemorySpace::host> const&)`.
 
 #include "moekit/host/top_k_reference.hpp"
+#include "moekit/host/plan_reference.hpp"

@@ -7,3 +7,4 @@
 #include "moekit/host/top_k_reference.hpp"
 #include "moekit/host/plan_reference.hpp"
 #include "moekit/host/gate_projection_reference.hpp"
+#include "moekit/host/research_router_reference.hpp"

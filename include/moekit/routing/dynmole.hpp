@@ -155,6 +155,9 @@ struct DynMoLE {
     return Status::ok;
   }
 
+  // No per-token side buffers (the same query as the other research routers).
+  [[nodiscard]] Status validate_inputs(std::int64_t) const { return Status::ok; }
+
   MOEKIT_HOST_DEVICE void route_token(std::int64_t, float const* logits, int* ids, float* weights) const noexcept {
     int const n = experts;
     // ids[] doubles as the rank order: ids[rank(e)] = e.

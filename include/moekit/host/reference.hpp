@@ -4,6 +4,7 @@
 // this one includes them all. Every per-token router has an overload
 // `Status host::reference_route(router, routing::RouteBuffers<MemorySpace::host> const&)`.
 
+#include "moekit/host/adaptive_loss_reference.hpp"
 #include "moekit/host/top_k_reference.hpp"
 #include "moekit/host/plan_reference.hpp"
 #include "moekit/host/gate_projection_reference.hpp"

@@ -2,8 +2,30 @@
 
 option(MOEKIT_WERROR "Treat warnings as errors in moekit's own targets" OFF)
 
+# The host ISA of moekit's own tests, benchmarks and tools. The CPU path's fp32 exp/log/sigmoid
+# (core/fp32_math.hpp) need hardware FMA to be fast; results are identical without it. Used
+# only when this machine can run it (checked by running a program built with it); "" = the
+# compiler's default. The sanitizer build keeps the default so that the portable path is tested.
+set(MOEKIT_HOST_ARCH "x86-64-v3" CACHE STRING "-march for moekit's own host targets (empty: compiler default)")
+set(moekit_host_arch_flags)
+if(MOEKIT_HOST_ARCH AND NOT MOEKIT_SANITIZE)
+  include(CheckCXXSourceRuns)
+  set(CMAKE_REQUIRED_FLAGS "-march=${MOEKIT_HOST_ARCH}")
+  check_cxx_source_runs("#include <cmath>
+    int main(int argc, char**) { volatile float a = 1.5f; return std::fma(a, a, float(argc)) == 3.25f ? 0 : 1; }"
+    MOEKIT_HOST_ARCH_RUNS)
+  unset(CMAKE_REQUIRED_FLAGS)
+  if(MOEKIT_HOST_ARCH_RUNS)
+    set(moekit_host_arch_flags -march=${MOEKIT_HOST_ARCH})
+  else()
+    message(STATUS "moekit: this machine cannot run -march=${MOEKIT_HOST_ARCH}; host targets use the default ISA")
+  endif()
+endif()
+
 # Flags for every target the tree builds on top of the library.
 add_library(moekit_dev_flags INTERFACE)
+# No silent fma contraction: fp32 results must not depend on what the optimiser fuses.
+target_compile_options(moekit_dev_flags INTERFACE $<$<COMPILE_LANGUAGE:CXX>:${moekit_host_arch_flags} -ffp-contract=off>)
 target_compile_options(moekit_dev_flags INTERFACE
   $<$<COMPILE_LANGUAGE:CXX>:-Wall -Wextra -Wpedantic -Wshadow -Wconversion -Wno-sign-conversion>
   $<$<AND:$<COMPILE_LANGUAGE:CXX>,$<BOOL:${MOEKIT_WERROR}>>:-Werror>)

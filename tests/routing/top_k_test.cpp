@@ -118,6 +118,8 @@ void compare_all_paths(R const& r, Logits const& l) {
   route_test::require_same_routing(reference, route_test::cpu_route(r, l), rtol, 1e-30);
   auto const device = route_test::device_route(r, l, 0);
   route_test::require_same_routing(reference, device, rtol, 1e-30);
+  // The CPU path's vectorised scores give the device's bits exactly.
+  route_test::require_identical(device, route_test::cpu_route(r, l));
   CHECK(device.diagnostics.nonfinite_rows == 0);
   // Determinism: other schedules and grid sizes give the same bits.
   route_test::require_identical(device, route_test::device_route(r, l, 11, 1));

@@ -10,6 +10,9 @@
 // IEEE settings; --use_fast_math (-ftz=true, -prec-div=false) breaks it. Accuracy: exp and log
 // within 1 ulp, sigmoid within 2 ulp of the correctly rounded result (tested against
 // double-precision libm); subnormal results are kept, not flushed.
+// Speed on the host: fmaf is one instruction only when the build targets FMA (-mfma, or
+// -march=x86-64-v3 and later); otherwise each is a libm call and exp costs ~25 ns instead of
+// ~3 ns, with identical results. moekit's own targets build with MOEKIT_HOST_ARCH (CMake).
 
 #include <cmath>
 #include <cstdint>

@@ -5,6 +5,7 @@
 // `Status host::reference_route(router, routing::RouteBuffers<MemorySpace::host> const&)`.
 
 #include "moekit/host/adaptive_loss_reference.hpp"
+#include "moekit/host/batch_router_reference.hpp"
 #include "moekit/host/top_k_reference.hpp"
 #include "moekit/host/plan_reference.hpp"
 #include "moekit/host/gate_projection_reference.hpp"

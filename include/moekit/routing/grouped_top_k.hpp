@@ -92,10 +92,18 @@ struct GroupedTopK {
   }
 
   MOEKIT_HOST_DEVICE void route_token(std::int64_t, float const* z, int* ids, float* weights) const noexcept {
-    bool const biased = method == TopKMethod::noaux_tc;
     bool const softmax = scoring == ScoreFunction::softmax;
     SoftmaxNormaliser const norm = softmax ? softmax_normaliser(z, experts) : SoftmaxNormaliser{0.f, 1.f};
-    auto score = [&](int e) { return softmax ? softmax_entry(z[e], norm) : fp32::sigmoid(z[e]); };
+    route_scored(
+        z, [&](int e) { return softmax ? softmax_entry(z[e], norm) : fp32::sigmoid(z[e]); }, ids, weights);
+  }
+
+  // Selection and weights given each expert's score `score(e)` (softmax or sigmoid of z[e]):
+  // route_token computes the scores on the fly; the CPU path passes scores it computed eight
+  // experts at a time with the same arithmetic.
+  template <class Score>
+  MOEKIT_HOST_DEVICE void route_scored(float const* z, Score const& score, int* ids, float* weights) const noexcept {
+    bool const biased = method == TopKMethod::noaux_tc;
     // The selection key: the logit itself where the score is increasing in it, else score + bias.
     float const* bias = correction_bias;
     auto key = [&](int e) { return biased ? score(e) + (bias != nullptr ? bias[e] : 0.f) : z[e]; };

@@ -11,15 +11,19 @@ namespace routing {
 
 // True when (a, index_a) is ranked before (b, index_b).
 [[nodiscard]] MOEKIT_HOST_DEVICE constexpr bool ranks_before(float a, int index_a, float b, int index_b) noexcept {
+  // Ordered comparisons first: they settle almost every call and are false for NaN.
+  if (a > b) {
+    return true;
+  }
+  if (a < b) {
+    return false;
+  }
   bool const a_nan = a != a;
   bool const b_nan = b != b;
-  if (a_nan || b_nan) {
-    return a_nan && b_nan ? index_a < index_b : b_nan;
+  if (a_nan != b_nan) {
+    return b_nan;  // a number ranks before NaN
   }
-  if (a != b) {
-    return a > b;
-  }
-  return index_a < index_b;
+  return index_a < index_b;  // equal keys, or NaN and NaN
 }
 
 // The k best of n candidates, best first. Candidate c has key `key(c)` and tie index `index(c)`
@@ -35,8 +39,12 @@ MOEKIT_HOST_DEVICE void top_k(int n, int k, Key const& key, Index const& index, 
   for (int c = 0; c < n; ++c) {
     float const v = key(c);
     int const i = index(c);
-    if (count == k && (k == 0 || !ranks_before(v, i, best_key[k - 1], best_index[k - 1]))) {
-      continue;
+    if (count == k) {
+      // Most candidates lose to the current k-th: one ordered comparison (false for NaN, which
+      // then takes the exact rule).
+      if (k == 0 || v < best_key[k - 1] || !ranks_before(v, i, best_key[k - 1], best_index[k - 1])) {
+        continue;
+      }
     }
     int pos = count < k ? count++ : k - 1;
     while (pos > 0 && ranks_before(v, i, best_key[pos - 1], best_index[pos - 1])) {

@@ -23,16 +23,23 @@ struct SoftmaxNormaliser {
   float denominator;
 };
 
-[[nodiscard]] MOEKIT_HOST_DEVICE inline SoftmaxNormaliser softmax_normaliser(float const* z, int n) noexcept {
-  float m = z[0];
+// `logit(e)` gives the e-th logit (an accessor, so callers can round or mask on the fly).
+template <class Logit>
+[[nodiscard]] MOEKIT_HOST_DEVICE SoftmaxNormaliser softmax_normaliser(int n, Logit const& logit) noexcept {
+  float m = logit(0);
   for (int e = 1; e < n; ++e) {
-    m = z[e] > m ? z[e] : m;
+    float const z = logit(e);
+    m = z > m ? z : m;
   }
   float sum = 0.f;
   for (int e = 0; e < n; ++e) {
-    sum += fp32::exp(z[e] - m);
+    sum += fp32::exp(logit(e) - m);
   }
   return {m, sum};
+}
+
+[[nodiscard]] MOEKIT_HOST_DEVICE inline SoftmaxNormaliser softmax_normaliser(float const* z, int n) noexcept {
+  return softmax_normaliser(n, [z](int e) { return z[e]; });
 }
 
 [[nodiscard]] MOEKIT_HOST_DEVICE inline float softmax_entry(float z, SoftmaxNormaliser s) noexcept {

@@ -57,6 +57,14 @@ struct TopK {
   }
 
   MOEKIT_HOST_DEVICE void route_token(std::int64_t, float const* logits, int* ids, float* weights) const noexcept {
+    route_row(logits, nullptr, ids, weights);
+  }
+
+  // route_token with the row's softmax maximum and denominator given, when the caller has
+  // computed them with the same arithmetic (the CPU path does, eight tokens side by side);
+  // null: computed here. Used only for softmax scoring without bf16 rounding.
+  MOEKIT_HOST_DEVICE void route_row(float const* logits, SoftmaxNormaliser const* given, int* ids,
+                                    float* weights) const noexcept {
     bool const round = round_logits_to_bf16;
     auto logit = [logits, round](int e) { return round ? round_to_bf16(logits[e]) : logits[e]; };
     int chosen[MaxK];
@@ -65,16 +73,9 @@ struct TopK {
 
     float w[MaxK];
     if (scoring == ScoreFunction::softmax) {
-      float m = logit(0);
-      for (int e = 1; e < experts; ++e) {
-        m = logit(e) > m ? logit(e) : m;
-      }
-      float denominator = 0.f;
-      for (int e = 0; e < experts; ++e) {
-        denominator += fp32::exp(logit(e) - m);
-      }
+      SoftmaxNormaliser const n = given != nullptr ? *given : softmax_normaliser(experts, logit);
       for (int j = 0; j < k; ++j) {
-        w[j] = fp32::exp(logit(chosen[j]) - m) / denominator;
+        w[j] = softmax_entry(logit(chosen[j]), n);
       }
     } else if (scoring == ScoreFunction::sigmoid) {
       for (int j = 0; j < k; ++j) {

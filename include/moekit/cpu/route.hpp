@@ -10,11 +10,13 @@
 #include "moekit/config.hpp"
 #include "moekit/core/status.hpp"
 #include "moekit/cpu/detail/simd_math.hpp"
+#include "moekit/routing/backward_buffers.hpp"
 #include "moekit/routing/checked_logits.hpp"
 #include "moekit/routing/concept.hpp"
 #include "moekit/routing/grouped_top_k.hpp"
 #include "moekit/routing/route_buffers.hpp"
 #include "moekit/routing/top_k.hpp"
+#include "moekit/routing/top_k_backward.hpp"
 
 MOEKIT_NAMESPACE_BEGIN
 namespace cpu {
@@ -96,6 +98,18 @@ template <int MaxK>
     router.route_scored(
         z, [&scores](int e) { return scores[e]; }, id, w);
   });
+  return Status::ok;
+}
+
+// dL/dlogits [T, E] from the forward's ids and dL/dweights (routing/route_backward.hpp).
+template <class R>
+[[nodiscard]] Status route_backward(R const& router, routing::BackwardBuffers<MemorySpace::host> const& b) {
+  if (Status s = routing::check_backward_buffers(router, b); !s) {
+    return s;
+  }
+  for (std::int64_t t = 0; t < b.logits.extent(0); ++t) {
+    backward_token(router, &b.logits(t, 0), &b.ids(t, 0), &b.weight_grad(t, 0), &b.logit_grad(t, 0));
+  }
   return Status::ok;
 }
 

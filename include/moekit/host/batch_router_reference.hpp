@@ -140,11 +140,17 @@ inline void empty_row(routing::TransportBuffers<MemorySpace::host> const& b, std
   return Status::ok;
 }
 
+// Sinkhorn's final scalings, for tests and inspection: d0 over the real tokens in order, d1.
+struct SinkhornScalings {
+  std::vector<float> d0;
+  std::vector<float> d1;
+};
+
 // Sinkhorn (§2.9), checked; the fp32 iteration on the real tokens.
 template <int MaxK>
 [[nodiscard]] Status reference_sinkhorn(routing::SinkhornRouter<MaxK> const& r,
                                         routing::TransportBuffers<MemorySpace::host> const& b,
-                                        routing::SinkhornResult* result) {
+                                        routing::SinkhornResult* result, SinkhornScalings* scalings = nullptr) {
   if (Status s = routing::detail::check_transport_buffers(r, b); !s) {
     return s;
   }
@@ -217,6 +223,9 @@ template <int MaxK>
         b.plan(t, static_cast<std::int64_t>(j)) = pi[j];
       }
     }
+  }
+  if (scalings != nullptr) {
+    *scalings = {d0, d1};
   }
   *result = routing::SinkhornResult{
       .iterations = iterations, .converged = m == 0 || err <= r.tol, .error = m == 0 ? 0.f : err};

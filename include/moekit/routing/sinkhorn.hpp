@@ -697,7 +697,7 @@ MOEKIT_KERNEL void MOEKIT_LAUNCH_BOUNDS(transport_block_threads, 1)
       for (int e = 0; e < experts; ++e) {
         kernel[e] = real ? fp32::exp(z[e]) : 0.f;  // a zero row adds +0 to every column sum
       }
-      w.d0[t] = 0.f;
+      w.d0[t] = real ? 1.f : 0.f;  // Megatron starts from ones (seen only when no iteration runs)
     }
     real_tokens += arch::sync_threads_count(real);
   }
@@ -709,9 +709,9 @@ MOEKIT_KERNEL void MOEKIT_LAUNCH_BOUNDS(transport_block_threads, 1)
   float const inv_tokens = real_tokens > 0 ? 1.f / static_cast<float>(real_tokens) : 0.f;
   float const inv_experts = 1.f / static_cast<float>(experts);
   int iterations = 0;
-  float err = 0.f;
+  float err = 1e9f;                  // Megatron's initial error: tol >= 1e9 runs no iteration
   float const* d1 = w.d1 + experts;  // the latest d1 (the ones at first)
-  bool run = real_tokens > 0;
+  bool run = real_tokens > 0 && err > r.tol;
   while (run) {
     float* next = w.d1 + (iterations % 2 == 0 ? 0 : experts);
     for (std::int64_t t = tid; t < tokens; t += threads) {
@@ -780,7 +780,7 @@ MOEKIT_KERNEL void MOEKIT_LAUNCH_BOUNDS(transport_block_threads, 1)
   if (tid == 0) {
     result->iterations = iterations;
     result->converged = real_tokens == 0 || err <= r.tol;
-    result->error = err;
+    result->error = real_tokens == 0 ? 0.f : err;
   }
 }
 

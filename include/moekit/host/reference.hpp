@@ -11,3 +11,4 @@
 #include "moekit/host/plan_reference.hpp"
 #include "moekit/host/gate_projection_reference.hpp"
 #include "moekit/host/research_router_reference.hpp"
+#include "moekit/host/depth_router_reference.hpp"

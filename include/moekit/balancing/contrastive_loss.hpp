@@ -118,9 +118,9 @@ template <MemorySpace Space>
   std::int64_t const experts = in.prototypes.extent(0);
   std::int64_t const hidden = in.prototypes.extent(1);
   std::int64_t const tokens = in.x.extent(0);
-  if (experts < 1 || experts > (1 << 20) || hidden < 1 || tokens < 0) {
+  if (experts < 1 || experts > (1 << 14) || hidden < 1 || tokens < 0) {
     return error(Status::invalid_argument,
-                 "rcl: prototypes must be [N_E >= 1, H >= 1] and x [T >= 0, H] (got [%lld, "
+                 "rcl: prototypes must be [1 <= N_E <= 16384, H >= 1] and x [T >= 0, H] (got [%lld, "
                  "%lld] and [%lld, %lld])",
                  static_cast<long long>(experts), static_cast<long long>(hidden), static_cast<long long>(tokens),
                  static_cast<long long>(in.x.extent(1)));

@@ -530,9 +530,11 @@ inline char const* errno_text() {
   std::string const name = path.string();
   std::error_code ec;
   auto const st = std::filesystem::status(path, ec);
-  if (ec || !std::filesystem::exists(st)) {
-    return error(Status::io_error, "npy file '%s': cannot open: %s", name.c_str(),
-                 ec ? ec.message().c_str() : "no such file");
+  if (st.type() == std::filesystem::file_type::not_found) {
+    return error(Status::io_error, "npy file '%s': cannot open: no such file", name.c_str());
+  }
+  if (ec) {
+    return error(Status::io_error, "npy file '%s': cannot open: %s", name.c_str(), ec.message().c_str());
   }
   if (std::filesystem::is_directory(st)) {
     return error(Status::io_error, "npy file '%s': cannot open: it is a directory", name.c_str());

@@ -86,10 +86,11 @@ struct Params {
   return p.uncond == nullptr || p.uncond[t] == 0;
 }
 
-MOEKIT_KERNEL void MOEKIT_LAUNCH_BOUNDS(rcl_threads, 1) rcl_centroid_kernel(Params p, Carved ws) {
+template <int Threads>
+MOEKIT_KERNEL void MOEKIT_LAUNCH_BOUNDS(Threads, 1) rcl_centroid_kernel(Params p, Carved ws) {
   std::int64_t const total = std::int64_t{p.experts} * p.hidden;
-  std::int64_t const stride = std::int64_t{arch::grid_dim().x} * rcl_threads;
-  for (std::int64_t i = std::int64_t{arch::block_rank()} * rcl_threads + arch::thread_rank(); i < total; i += stride) {
+  std::int64_t const stride = std::int64_t{arch::grid_dim().x} * Threads;
+  for (std::int64_t i = std::int64_t{arch::block_rank()} * Threads + arch::thread_rank(); i < total; i += stride) {
     auto const e = static_cast<int>(i / p.hidden);
     std::int64_t const h = i % p.hidden;
     double sum = 0.0;
@@ -128,7 +129,8 @@ struct LossStorage {
   return norm > 1e-12 ? (g - n * dot) / norm : g / 1e-12;
 }
 
-MOEKIT_KERNEL void MOEKIT_LAUNCH_BOUNDS(rcl_threads, 1)
+template <int Threads>
+MOEKIT_KERNEL void MOEKIT_LAUNCH_BOUNDS(Threads, 1)
     rcl_loss_kernel(Params p, Carved ws, float* value, float* grad_p, std::int64_t grad_p_ld) {
   auto& smem = arch::shared_storage<LossStorage>();
   int const tid = static_cast<int>(arch::thread_rank());
@@ -146,7 +148,7 @@ MOEKIT_KERNEL void MOEKIT_LAUNCH_BOUNDS(rcl_threads, 1)
   int const n = smem.active;
   std::int64_t const eh = std::int64_t{p.experts} * hd;
   if (n < 2) {  // fewer than two experts in use: L = 0 and no gradient anywhere
-    for (std::int64_t q = tid; q < eh; q += rcl_threads) {
+    for (std::int64_t q = tid; q < eh; q += Threads) {
       ws.share[q] = 0.0;
       if (grad_p != nullptr) {
         grad_p[(q / hd) * grad_p_ld + q % hd] = 0.f;
@@ -159,7 +161,7 @@ MOEKIT_KERNEL void MOEKIT_LAUNCH_BOUNDS(rcl_threads, 1)
   }
   auto proto = [&](int e, std::int64_t h) { return static_cast<double>(p.prototypes[e * p.p_ld + h]); };
   auto centroid = [&](int e, std::int64_t h) { return ws.centroids[e * hd + h]; };
-  for (int i = tid; i < n; i += rcl_threads) {
+  for (int i = tid; i < n; i += Threads) {
     int const e = ws.active[i];
     double sp = 0.0, sm = 0.0;
     for (std::int64_t h = 0; h < hd; ++h) {
@@ -170,7 +172,7 @@ MOEKIT_KERNEL void MOEKIT_LAUNCH_BOUNDS(rcl_threads, 1)
     ws.norm_m[i] = ::sqrt(sm);
   }
   arch::sync_threads();
-  for (std::int64_t q = tid; q < std::int64_t{n} * n; q += rcl_threads) {
+  for (std::int64_t q = tid; q < std::int64_t{n} * n; q += Threads) {
     auto const i = static_cast<int>(q / n), j = static_cast<int>(q % n);
     int const ei = ws.active[i], ej = ws.active[j];
     double dot = 0.0;
@@ -181,7 +183,7 @@ MOEKIT_KERNEL void MOEKIT_LAUNCH_BOUNDS(rcl_threads, 1)
   }
   arch::sync_threads();
   double const scale = p.lam / n;
-  for (int i = tid; i < n; i += rcl_threads) {
+  for (int i = tid; i < n; i += Threads) {
     double* row = ws.logits + std::int64_t{i} * n;
     double m = row[0];
     for (int j = 1; j < n; ++j) {
@@ -204,7 +206,7 @@ MOEKIT_KERNEL void MOEKIT_LAUNCH_BOUNDS(rcl_threads, 1)
     }
     *value = static_cast<float>(scale * total);
   }
-  for (std::int64_t q = tid; q < std::int64_t{n} * hd; q += rcl_threads) {
+  for (std::int64_t q = tid; q < std::int64_t{n} * hd; q += Threads) {
     auto const i = static_cast<int>(q / hd);
     std::int64_t const h = q % hd;
     double gp = 0.0, gm = 0.0;
@@ -217,7 +219,7 @@ MOEKIT_KERNEL void MOEKIT_LAUNCH_BOUNDS(rcl_threads, 1)
     ws.grad_nm[q] = gm / p.tau;
   }
   arch::sync_threads();
-  for (int i = tid; i < n; i += rcl_threads) {
+  for (int i = tid; i < n; i += Threads) {
     int const e = ws.active[i];
     double dp = 0.0, dm = 0.0;
     for (std::int64_t h = 0; h < hd; ++h) {
@@ -228,7 +230,7 @@ MOEKIT_KERNEL void MOEKIT_LAUNCH_BOUNDS(rcl_threads, 1)
     ws.dots[2 * i + 1] = dm;
   }
   arch::sync_threads();
-  for (std::int64_t q = tid; q < eh; q += rcl_threads) {
+  for (std::int64_t q = tid; q < eh; q += Threads) {
     auto const e = static_cast<int>(q / hd);
     std::int64_t const h = q % hd;
     int i = -1;  // position of e in V (V is short: a scan)
@@ -249,11 +251,12 @@ MOEKIT_KERNEL void MOEKIT_LAUNCH_BOUNDS(rcl_threads, 1)
   }
 }
 
-MOEKIT_KERNEL void MOEKIT_LAUNCH_BOUNDS(rcl_threads, 1)
+template <int Threads>
+MOEKIT_KERNEL void MOEKIT_LAUNCH_BOUNDS(Threads, 1)
     rcl_token_grad_kernel(Params p, Carved ws, float* grad_x, std::int64_t grad_x_ld) {
   std::int64_t const total = p.tokens * p.hidden;
-  std::int64_t const stride = std::int64_t{arch::grid_dim().x} * rcl_threads;
-  for (std::int64_t q = std::int64_t{arch::block_rank()} * rcl_threads + arch::thread_rank(); q < total; q += stride) {
+  std::int64_t const stride = std::int64_t{arch::grid_dim().x} * Threads;
+  for (std::int64_t q = std::int64_t{arch::block_rank()} * Threads + arch::thread_rank(); q < total; q += stride) {
     std::int64_t const t = q / p.hidden;
     std::int64_t const h = q % p.hidden;
     double g = 0.0;
@@ -330,12 +333,12 @@ inline std::size_t workspace_size(int experts, std::int64_t hidden) {
     return static_cast<unsigned>(b);
   };
   arch::KernelLaunch const centroids{.grid = grid_for(std::int64_t{experts} * hidden), .block = rcl_threads};
-  if (Status s = arch::launch(contrastive_kernels::rcl_centroid_kernel, centroids, stream, prm, ws); !s) {
+  if (Status s = arch::launch(contrastive_kernels::rcl_centroid_kernel<rcl_threads>, centroids, stream, prm, ws); !s) {
     return s;
   }
   arch::KernelLaunch const one{
       .grid = 1, .block = rcl_threads, .dynamic_shared_bytes = sizeof(contrastive_kernels::LossStorage)};
-  if (Status s = arch::launch(contrastive_kernels::rcl_loss_kernel, one, stream, prm, ws, out.value,
+  if (Status s = arch::launch(contrastive_kernels::rcl_loss_kernel<rcl_threads>, one, stream, prm, ws, out.value,
                               out.grad_prototypes.data, out.grad_prototypes.stride(0));
       !s) {
     return s;
@@ -344,8 +347,8 @@ inline std::size_t workspace_size(int experts, std::int64_t hidden) {
     return Status::ok;
   }
   arch::KernelLaunch const tokens_launch{.grid = grid_for(tokens * hidden), .block = rcl_threads};
-  return arch::launch(contrastive_kernels::rcl_token_grad_kernel, tokens_launch, stream, prm, ws, out.grad_x.data,
-                      out.grad_x.stride(0));
+  return arch::launch(contrastive_kernels::rcl_token_grad_kernel<rcl_threads>, tokens_launch, stream, prm, ws,
+                      out.grad_x.data, out.grad_x.stride(0));
 }
 
 MOEKIT_ARCH_NAMESPACE_END

@@ -22,13 +22,13 @@ MOEKIT_ARCH_NAMESPACE_BEGIN
 
 inline constexpr int bias_block_threads = 256;
 
-MOEKIT_KERNEL void MOEKIT_LAUNCH_BOUNDS(bias_block_threads, 1)
+template <int Threads>
+MOEKIT_KERNEL void MOEKIT_LAUNCH_BOUNDS(Threads, 1)
     accumulate_loads_kernel(int const* ids, std::int64_t ids_ld, std::int64_t tokens, int slots,
                             std::uint8_t const* valid, long long* loads, int experts, Diagnostics* diagnostics) {
   std::int64_t const total = tokens * slots;
-  std::int64_t const stride = std::int64_t{arch::grid_dim().x} * bias_block_threads;
-  for (std::int64_t i = std::int64_t{arch::block_rank()} * bias_block_threads + arch::thread_rank(); i < total;
-       i += stride) {
+  std::int64_t const stride = std::int64_t{arch::grid_dim().x} * Threads;
+  for (std::int64_t i = std::int64_t{arch::block_rank()} * Threads + arch::thread_rank(); i < total; i += stride) {
     std::int64_t const t = i / slots;
     if (valid != nullptr && valid[t] == 0) {
       continue;
@@ -47,7 +47,8 @@ struct BiasUpdateStorage {
   long long n;
 };
 
-MOEKIT_KERNEL void MOEKIT_LAUNCH_BOUNDS(bias_block_threads, 1)
+template <int Threads>
+MOEKIT_KERNEL void MOEKIT_LAUNCH_BOUNDS(Threads, 1)
     update_bias_kernel(BiasRule rule, double u, double n0, float* bias, long long* loads, long long* updates,
                        int experts) {
   auto& smem = arch::shared_storage<BiasUpdateStorage>();
@@ -63,7 +64,7 @@ MOEKIT_KERNEL void MOEKIT_LAUNCH_BOUNDS(bias_block_threads, 1)
   arch::sync_threads();
   double const c = mean_load(smem.total, experts);
   long long const n = smem.n;
-  for (int e = tid; e < experts; e += bias_block_threads) {
+  for (int e = tid; e < experts; e += Threads) {
     bias[e] = apply_bias_delta(bias[e], bias_delta(rule, u, n0, n, c, loads[e]));
     loads[e] = 0;
   }
@@ -106,7 +107,7 @@ MOEKIT_KERNEL void MOEKIT_LAUNCH_BOUNDS(bias_block_threads, 1)
     blocks = max_blocks;
   }
   arch::KernelLaunch const l{.grid = static_cast<unsigned>(blocks), .block = bias_block_threads};
-  return arch::launch(accumulate_loads_kernel, l, stream, ids.data, ids.stride(0), ids.extent(0),
+  return arch::launch(accumulate_loads_kernel<bias_block_threads>, l, stream, ids.data, ids.stride(0), ids.extent(0),
                       static_cast<int>(ids.extent(1)), valid, s.loads.data, experts, diagnostics);
 }
 
@@ -118,8 +119,8 @@ MOEKIT_KERNEL void MOEKIT_LAUNCH_BOUNDS(bias_block_threads, 1)
     return st;
   }
   arch::KernelLaunch const l{.grid = 1, .block = bias_block_threads, .dynamic_shared_bytes = sizeof(BiasUpdateStorage)};
-  return arch::launch(update_bias_kernel, l, stream, s.rule, s.update_rate, s.decay_steps, s.bias.data, s.loads.data,
-                      s.updates, experts);
+  return arch::launch(update_bias_kernel<bias_block_threads>, l, stream, s.rule, s.update_rate, s.decay_steps,
+                      s.bias.data, s.loads.data, s.updates, experts);
 }
 
 MOEKIT_ARCH_NAMESPACE_END

@@ -7,12 +7,14 @@
 #include <cstdint>
 #include <limits>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "route_test_support.hpp"
 #include <catch2/catch.hpp>
 
 #include "moekit/core/error_message.hpp"
+#include "moekit/routing/cosine_scores.hpp"
 
 namespace research_test {
 
@@ -159,6 +161,40 @@ inline Logits append_columns(Logits const& l, int extra, float value) {
     }
   }
   return out;
+}
+
+// Similarity scores [rows, columns] of x [rows, hidden] against p [count, hidden] (columns >=
+// count), by the host loop, the emulated kernel (schedule seed, grid cap) or the fp64 reference.
+enum class ScorePath { host, device, reference };
+
+template <class In>
+std::pair<Status, std::vector<float>>
+similarity_scores(ScorePath path, moekit::routing::Similarity similarity, float scale, std::vector<In> const& x,
+                  std::vector<In> const& p, std::int64_t rows, std::int64_t count, std::int64_t hidden,
+                  std::int64_t columns, std::uint64_t seed = 0, unsigned max_blocks = 0) {
+  using moekit::MemorySpace;
+  using moekit::TensorView;
+  std::vector<float> z(static_cast<std::size_t>(rows * columns), -7.f);
+  Status s = Status::internal_error;
+  if (path == ScorePath::device) {
+    moekit::emu::LaunchOptions o;
+    o.schedule_seed = seed;
+    o.racecheck = true;
+    o.max_resident_blocks = 2;
+    moekit::emu::ScopedLaunchOptions const guard(o);
+    using V = TensorView<In const, 2, MemorySpace::device>;
+    s = moekit::routing::cosine_scores(
+        similarity, scale, V::row_major(x.data(), {rows, hidden}), V::row_major(p.data(), {count, hidden}),
+        TensorView<float, 2, MemorySpace::device>::row_major(z.data(), {rows, columns}), nullptr, max_blocks);
+  } else {
+    using V = TensorView<In const, 2, MemorySpace::host>;
+    auto const xv = V::row_major(x.data(), {rows, hidden});
+    auto const pv = V::row_major(p.data(), {count, hidden});
+    auto const zv = TensorView<float, 2, MemorySpace::host>::row_major(z.data(), {rows, columns});
+    s = path == ScorePath::host ? moekit::routing::cosine_scores(similarity, scale, xv, pv, zv)
+                                : moekit::host::reference_cosine_scores(similarity, scale, xv, pv, zv);
+  }
+  return {s, z};
 }
 
 }  // namespace research_test

@@ -15,6 +15,7 @@
 //   dZ/dx = scale (n(p) - (Z/scale) n(x)) / |x|,  dZ/dp = scale (n(x) - (Z/scale) n(p)) / |p|
 // for a norm above 1e-12; at or below it n(v) = v / 1e-12 and dn/dv = I / 1e-12. Dot: dZ/dx = scale p.
 
+#include <algorithm>
 #include <cmath>
 #include <concepts>
 #include <cstdint>

@@ -483,7 +483,7 @@ std::optional<Failure> load_router_config(Options const& o, Inputs const& in, mo
     section[key] = value;
   }
   bool const names_experts =
-      std::any_of(std::begin(moekit::io::detail::expert_count_keys), std::end(moekit::io::detail::expert_count_keys),
+      std::any_of(std::begin(moekit::io::expert_count_keys), std::end(moekit::io::expert_count_keys),
                   [&](char const* k) { return section.contains(k) && !section.at(k).is_null(); });
   if (!names_experts) {
     section["num_experts"] = in.experts;

@@ -59,6 +59,9 @@ namespace io {
 
 enum class RouterKind { top_k, grouped_top_k };
 
+// The spellings of E (the number of routed experts) across families.
+inline constexpr char const* expert_count_keys[] = {"num_local_experts", "num_experts", "n_routed_experts"};
+
 // What a config.json says about routing, with every default applied.
 struct RouterConfig {
   std::string model_type;  // as written ("" when the config names none)
@@ -137,8 +140,6 @@ inline constexpr FamilyRules family_rules[] = {
     {"deepseek_v3", RouterKind::grouped_top_k, "n_routed_experts", ScoreFunction::sigmoid, true,
      NormRule::config_default_true, TopKMethod::noaux_tc, 0},
 };
-
-inline constexpr char const* expert_count_keys[] = {"num_local_experts", "num_experts", "n_routed_experts"};
 
 inline FamilyRules const* find_family(std::string_view model_type) {
   for (FamilyRules const& f : family_rules) {
@@ -289,7 +290,7 @@ inline Status parse_method(ConfigReader const& r, std::string const& v, TopKMeth
   if (family != nullptr && r.has(family->experts_key)) {
     experts_key = family->experts_key;
   }
-  for (char const* key : detail::expert_count_keys) {
+  for (char const* key : expert_count_keys) {
     if (!r.has(key)) {
       continue;
     }

@@ -26,6 +26,7 @@
 // over it, so a failure leaves no partial file. Written headers pad the preamble to a multiple of
 // 64 bytes, as NumPy does, so the data is aligned for memory mapping.
 
+#include <atomic>
 #include <bit>
 #include <cerrno>
 #include <chrono>
@@ -35,6 +36,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <initializer_list>
 #include <limits>
 #include <span>
 #include <string>
@@ -604,10 +606,10 @@ inline char const* errno_text() {
 // `path` is either left as it was or replaced whole.
 [[nodiscard]] inline Status write_file_atomically(std::filesystem::path const& path, std::span<std::byte const> bytes) {
   std::string const name = path.string();
-  static unsigned counter = 0;
+  static std::atomic<unsigned> counter{0};  // distinct temporary names for concurrent writers
   auto const stamp = static_cast<unsigned long long>(std::chrono::steady_clock::now().time_since_epoch().count());
   char suffix[64];
-  std::snprintf(suffix, sizeof suffix, ".tmp-%llx-%x", stamp, ++counter);
+  std::snprintf(suffix, sizeof suffix, ".tmp-%llx-%x", stamp, counter.fetch_add(1) + 1);
   std::filesystem::path temp = path;
   temp += suffix;
   {

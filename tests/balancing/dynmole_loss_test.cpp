@@ -20,6 +20,7 @@
 #include <catch2/catch.hpp>
 
 #include "moekit/balancing/adaptive_loss_launch.hpp"
+#include "moekit/routing/dynmole.hpp"
 
 using namespace moekit;
 using adaptive_test::Expected;
@@ -87,6 +88,36 @@ TEST_CASE("DynMoLE: Tsallis entropy and keep mask of the worked example (ALGORIT
     CHECK(balancing::dynmole_keep_mask(r, z, 4, mask) == (t == 0 ? 2 : 4));
     for (int e = 0; e < 4; ++e) {
       CHECK(mask[e] == want_mask[t][e]);
+    }
+  }
+}
+
+TEST_CASE("DynMoLE: the loss keeps exactly the experts the DynMoLE router keeps (finite logits)", "[balancing]") {
+  // The router (routing/dynmole.hpp) and the loss write the rule independently (layering keeps
+  // balancing/ and routing/ apart); on finite logits they must agree bit for bit, ties included.
+  auto const experts = GENERATE(2, 3, 6, 37, 64);
+  auto const pattern = GENERATE(Pattern::random, Pattern::ties, Pattern::one_expert, Pattern::sharp);
+  struct Params {
+    float q, tau, top_p;
+    int keep;
+  };
+  auto const prm = GENERATE(Params{1.1f, 0.9f, 0.75f, 2}, Params{1.f, 0.6f, 0.5f, 1}, Params{0.5f, 1.f, 1.f, 1},
+                            Params{2.f, 0.95f, 0.3f, 2});
+  CAPTURE(experts, adaptive_test::name(pattern), prm.q, prm.tau, prm.top_p, prm.keep);
+  balancing::DynMoLERouting const mine{
+      .entropy_index = prm.q, .entropy_threshold = prm.tau, .top_p = prm.top_p, .keep_top_k = prm.keep};
+  routing::DynMoLERule const theirs{
+      .entropy_index = prm.q, .entropy_threshold = prm.tau, .top_p = prm.top_p, .keep_top_k = prm.keep};
+  Logits const l = adaptive_test::make_logits(50, experts, pattern, static_cast<std::uint32_t>(experts));
+  std::vector<std::uint8_t> a(static_cast<std::size_t>(experts));
+  std::vector<float> b(static_cast<std::size_t>(experts));
+  for (std::int64_t t = 0; t < l.tokens; ++t) {
+    float const* z = &l.values[static_cast<std::size_t>(t * experts)];
+    int const kept_a = balancing::dynmole_keep_mask(mine, z, experts, a.data());
+    int const kept_b = routing::dynmole_keep_mask(z, experts, theirs, b.data());
+    REQUIRE(kept_a == kept_b);
+    for (int e = 0; e < experts; ++e) {
+      REQUIRE(float(a[e]) == b[e]);
     }
   }
 }

@@ -28,6 +28,7 @@
 #include <catch2/catch.hpp>
 
 #include "moekit/balancing/sinkhorn.hpp"
+#include "moekit/balancing/switch_loss.hpp"
 #include "moekit/core/diagnostics.hpp"
 #include "moekit/core/error_message.hpp"
 #include "moekit/emu/launch_config.hpp"
@@ -1007,6 +1008,8 @@ TEST_CASE("transport balancers: parameters, routers, and the aux-loss combinatio
   using balancing::Sinkhorn;
   static_assert(is_ok(combination_status<Sinkhorn>()));
   static_assert(is_ok(combination_status<Sinkhorn, RouterZLoss>()));
+  static_assert(is_ok(combination_status<Sinkhorn, balancing::ZLoss>()));  // Megatron allows the z-loss
+  static_assert(!is_ok(combination_status<Sinkhorn, balancing::SwitchLoss>()));
   static_assert(!is_ok(combination_status<Sinkhorn, AuxLoss>()));
   static_assert(!is_ok(combination_status<AuxLoss, SelectiveSinkhorn>()));
   static_assert(!is_ok(combination_status<Sinkhorn, ExpertBias>()));

@@ -6,16 +6,18 @@
 //                     -> routing::SelectiveSinkhornRouter, with the per-(step, layer) draw
 // The rule of §2.9/§2.11: a transport balancer cannot be combined with an auxiliary balance
 // loss (Megatron asserts moe_aux_loss_coeff == 0), nor with an expert-bias balancer (the plan,
-// not a biased top-k, selects), nor with a second transport balancer. The router z-loss is
-// allowed: a loss balancer that does not balance load says so with
+// not a biased top-k, selects), nor with a second transport balancer. The router z-loss
+// (balancing::ZLoss) is allowed; any other loss balancer that does not balance load says so with
 // `static constexpr bool balances_load = false;` (every other loss balancer is taken to balance
 // load). combination_status<Bs...>() checks this at compile time, check_combination<Bs...>()
 // on the host with a message.
 
 #include <concepts>
 #include <cstdint>
+#include <type_traits>
 
 #include "moekit/balancing/concept.hpp"
+#include "moekit/balancing/z_loss.hpp"
 #include "moekit/config.hpp"
 #include "moekit/core/error_message.hpp"
 #include "moekit/core/status.hpp"
@@ -87,10 +89,11 @@ concept declares_balances_load = requires {
   { B::balances_load } -> std::convertible_to<bool>;
 };
 
-// An auxiliary balance loss: a loss balancer that does not declare balances_load = false.
+// An auxiliary balance loss: a loss balancer other than the router z-loss that does not
+// declare balances_load = false.
 template <class B>
 constexpr bool is_balance_loss() {
-  if constexpr (B::kind != BalancerKind::loss) {
+  if constexpr (B::kind != BalancerKind::loss || std::is_same_v<B, ZLoss>) {
     return false;
   } else if constexpr (declares_balances_load<B>) {
     return static_cast<bool>(B::balances_load);

@@ -63,8 +63,8 @@ struct TokenSkipRouter {
 
   // n_skip for a sequence of `length` tokens: floor(s·L + 1e-9) in double, capped at L − 1.
   [[nodiscard]] std::int64_t skipped(std::int64_t length) const {
-    if (length <= 0) {
-      return 0;
+    if (length <= 0 || !(sparsity >= 0.0 && sparsity < 1.0)) {
+      return 0;  // validate() reports a bad sparsity
     }
     auto const n = static_cast<std::int64_t>(std::floor(sparsity * double(length) + 1e-9));
     return n < length - 1 ? n : length - 1;

@@ -46,7 +46,7 @@ enum class Pattern {
   random,      // N(0, 2)
   ties,        // values from {-1, 0, 1}: many exact ties
   one_expert,  // every token prefers expert 0 by 10
-  masked,      // random, every third expert at -inf (never a whole row)
+  masked,      // random, every third expert at -inf (never a whole row; none when E < 3)
   sharp        // N(0, 6): near one-hot rows, tiny probabilities
 };
 
@@ -71,7 +71,7 @@ inline void fill_row(Logits& l, std::int64_t t, Pattern pattern, std::mt19937& r
       case Pattern::random: v = normal(rng); break;
       case Pattern::ties: v = float(three(rng)); break;
       case Pattern::one_expert: v = e == 0 ? 10.f : normal(rng); break;
-      case Pattern::masked: v = (e % 3 == 1) ? -inf : normal(rng); break;
+      case Pattern::masked: v = (e % 3 == 1 && l.experts >= 3) ? -inf : normal(rng); break;
       case Pattern::sharp: v = wide(rng); break;
     }
     l.at(t, e) = v;

@@ -158,9 +158,6 @@ TEST_CASE("LoRA-Mixer: host reference and device agree on random and adversarial
                               Shape{300, 16, 8}, Shape{40, 37, 5}, Shape{20, 256, 8});
   auto const pattern = GENERATE(Pattern::random, Pattern::ties, Pattern::one_expert, Pattern::masked, Pattern::sharp);
   auto const padding = GENERATE(false, true);
-  if (pattern == Pattern::masked && shape.experts < 3) {
-    return;  // would mask whole rows
-  }
   CAPTURE(shape.tokens, shape.experts, shape.k, adaptive_test::name(pattern), padding);
   auto const loss = make_loss(shape.k, 1.5f, -0.25f);
   auto const seed = static_cast<std::uint32_t>(shape.tokens * 7 + shape.experts);

@@ -27,10 +27,15 @@ template Status route<8>(SinkhornRouter<8> const&, TransportBuffers<MemorySpace:
 template Status route<8>(SelectiveSinkhornRouter<8> const&, TransportBuffers<MemorySpace::device> const&, SsrResult*,
                          void*, std::size_t, Diagnostics*, arch::Stream, unsigned);
 
-// Referencing the non-template kernels (and expert choice's inline entry point) makes nvcc
-// emit them; the host stub is never called.
-void* const batch_router_kernels[] = {reinterpret_cast<void*>(&expert_choice_scores_kernel),
-                                      reinterpret_cast<void*>(&expert_choice_token_slots_kernel)};
+template __global__ void expert_choice_scores_kernel<expert_choice_block_threads>(float const*, std::int64_t,
+                                                                                  std::uint8_t const*, std::int64_t,
+                                                                                  int, float*, Diagnostics*);
+template __global__ void expert_choice_token_slots_kernel<expert_choice_block_threads>(float const*, std::int64_t,
+                                                                                       std::int64_t, int, int*,
+                                                                                       std::int64_t, float*,
+                                                                                       std::int64_t, int*);
+
+// Taking expert choice's inline entry point makes nvcc compile its launch code; never called.
 Status (*const expert_choice_entry)(ExpertChoice const&, ExpertChoiceBuffers<MemorySpace::device> const&, void*,
                                     std::size_t, Diagnostics*, arch::Stream, unsigned) = &route;
 

@@ -276,12 +276,14 @@ inline constexpr int expert_choice_block_threads = 256;
 // Per token: S = softmax(z_t) (fp32, the §1.0 softmax), written transposed ([E, T]) so that an
 // expert's column is contiguous for the selection kernel; padding tokens get 0. Rows the host
 // would refuse are counted in Diagnostics and go through the formulas (NaN ranks last).
-MOEKIT_KERNEL void MOEKIT_LAUNCH_BOUNDS(expert_choice_block_threads, 1)
+// (Kernels are templates, here on the block size, so that no non-inline __global__ definition
+// sits in a header.)
+template <int Threads = expert_choice_block_threads>
+MOEKIT_KERNEL void MOEKIT_LAUNCH_BOUNDS(Threads, 1)
     expert_choice_scores_kernel(float const* logits, std::int64_t logits_stride, std::uint8_t const* valid,
                                 std::int64_t tokens, int experts, float* scores, Diagnostics* diagnostics) {
-  std::int64_t const stride = std::int64_t{arch::grid_dim().x} * expert_choice_block_threads;
-  for (std::int64_t t = std::int64_t{arch::block_rank()} * expert_choice_block_threads + arch::thread_rank();
-       t < tokens; t += stride) {
+  std::int64_t const stride = std::int64_t{arch::grid_dim().x} * Threads;
+  for (std::int64_t t = std::int64_t{arch::block_rank()} * Threads + arch::thread_rank(); t < tokens; t += stride) {
     float const* row = logits + t * logits_stride;
     if (valid != nullptr && valid[t] == 0) {
       for (int e = 0; e < experts; ++e) {
@@ -345,13 +347,13 @@ MOEKIT_KERNEL void MOEKIT_LAUNCH_BOUNDS(expert_choice_block_threads, 1)
 // Per token: the marks of its row become the list of experts that chose it (ascending expert),
 // then E; the gates follow the same order, then 0. In place: slot j <= e is written only after
 // mark j has been read.
-MOEKIT_KERNEL void MOEKIT_LAUNCH_BOUNDS(expert_choice_block_threads, 1)
+template <int Threads = expert_choice_block_threads>
+MOEKIT_KERNEL void MOEKIT_LAUNCH_BOUNDS(Threads, 1)
     expert_choice_token_slots_kernel(float const* gates, std::int64_t gates_stride, std::int64_t tokens, int experts,
                                      int* token_experts, std::int64_t experts_stride, float* token_gates,
                                      std::int64_t token_gates_stride, int* token_counts) {
-  std::int64_t const stride = std::int64_t{arch::grid_dim().x} * expert_choice_block_threads;
-  for (std::int64_t t = std::int64_t{arch::block_rank()} * expert_choice_block_threads + arch::thread_rank();
-       t < tokens; t += stride) {
+  std::int64_t const stride = std::int64_t{arch::grid_dim().x} * Threads;
+  for (std::int64_t t = std::int64_t{arch::block_rank()} * Threads + arch::thread_rank(); t < tokens; t += stride) {
     int* ids = token_experts + t * experts_stride;
     float* w = token_gates + t * token_gates_stride;
     int count = 0;
@@ -421,8 +423,8 @@ Status launch_expert_choice_select(ExpertChoice const& r, ExpertChoiceBuffers<Me
   };
   unsigned const token_blocks = cap((tokens + expert_choice_block_threads - 1) / expert_choice_block_threads);
   arch::KernelLaunch const per_token{.grid = token_blocks, .block = expert_choice_block_threads};
-  if (Status s = arch::launch(expert_choice_scores_kernel, per_token, stream, b.logits.data, b.logits.stride(0),
-                              b.valid, tokens, r.experts, scores, diagnostics);
+  if (Status s = arch::launch(expert_choice_scores_kernel<expert_choice_block_threads>, per_token, stream,
+                              b.logits.data, b.logits.stride(0), b.valid, tokens, r.experts, scores, diagnostics);
       !s) {
     return s;
   }
@@ -439,9 +441,9 @@ Status launch_expert_choice_select(ExpertChoice const& r, ExpertChoiceBuffers<Me
   if (!s || b.token_experts.data == nullptr) {
     return s;
   }
-  return arch::launch(expert_choice_token_slots_kernel, per_token, stream, b.gates.data, b.gates.stride(0), tokens,
-                      r.experts, b.token_experts.data, b.token_experts.stride(0), b.token_gates.data,
-                      b.token_gates.stride(0), b.token_counts);
+  return arch::launch(expert_choice_token_slots_kernel<expert_choice_block_threads>, per_token, stream, b.gates.data,
+                      b.gates.stride(0), tokens, r.experts, b.token_experts.data, b.token_experts.stride(0),
+                      b.token_gates.data, b.token_gates.stride(0), b.token_counts);
 }
 
 static_assert(16 * expert_choice_block_threads == ExpertChoice::max_tokens,

@@ -33,7 +33,7 @@ struct Buffers {
   std::vector<float> logits;
   std::vector<int> ids;
   std::vector<float> weights;
-  std::vector<long long> counts, offsets, rows{0}, tiles{0};
+  std::vector<std::int64_t> counts, offsets, rows{0}, tiles{0};
   std::vector<std::int64_t> row_assignment, assignment_row, tile_row;
   std::vector<int> tile_expert;
   plan::PlanProblem problem;

@@ -52,7 +52,7 @@ int main() {
   }
   // The dispatch plan groups the assignments by expert, in token order.
   plan::PlanProblem const p{.tokens = tokens, .slots = 2, .experts = experts, .tile_rows = 4};
-  std::vector<long long> counts(experts), offsets(experts + 1), rows(1), tiles(1);
+  std::vector<std::int64_t> counts(experts), offsets(experts + 1), rows(1), tiles(1);
   std::vector<std::int64_t> row_assignment(plan::max_rows(p)), assignment_row(plan::assignments(p)),
       tile_row(plan::max_tiles(p));
   std::vector<int> tile_expert(plan::max_tiles(p));
@@ -71,8 +71,9 @@ int main() {
                 ids[t * 2 + 1], double(weights[t * 2]), double(weights[t * 2 + 1]));
   }
   for (int e = 0; e < experts; ++e) {
-    std::printf("expert %d: %lld assignments, rows [%lld, %lld)\n", e, counts[e], offsets[e], offsets[e + 1]);
+    std::printf("expert %d: %lld assignments, rows [%lld, %lld)\n", e, static_cast<long long>(counts[e]),
+                static_cast<long long>(offsets[e]), static_cast<long long>(offsets[e + 1]));
   }
-  std::printf("%lld rows in %lld tiles of 4\n", rows[0], tiles[0]);
+  std::printf("%lld rows in %lld tiles of 4\n", static_cast<long long>(rows[0]), static_cast<long long>(tiles[0]));
   return 0;
 }

@@ -101,7 +101,7 @@ int main() {
   if (!plan::capacity_from_factor(1.0, tokens, 4, experts, p.capacity)) {
     return 1;
   }
-  std::vector<long long> counts(experts), offsets(experts + 1), rows(1), tiles(1);
+  std::vector<std::int64_t> counts(experts), offsets(experts + 1), rows(1), tiles(1);
   std::vector<std::int64_t> row_assignment(plan::max_rows(p)), assignment_row(plan::assignments(p)),
       tile_row(plan::max_tiles(p));
   std::vector<int> tile_expert(plan::max_tiles(p));
@@ -120,15 +120,17 @@ int main() {
     if (counts[e] == 0) {
       continue;
     }
-    std::printf("  expert %2d: %lld assignments, rows [%lld, %lld):", e, counts[e], offsets[e], offsets[e + 1]);
-    for (long long r = offsets[e]; r < offsets[e + 1]; ++r) {
+    std::printf("  expert %2d: %lld assignments, rows [%lld, %lld):", e, static_cast<long long>(counts[e]),
+                static_cast<long long>(offsets[e]), static_cast<long long>(offsets[e + 1]));
+    for (std::int64_t r = offsets[e]; r < offsets[e + 1]; ++r) {
       std::int64_t const a = row_assignment[r];
       std::printf(a < 0 ? " pad" : " t%lld/s%lld", static_cast<long long>(a / 4), static_cast<long long>(a % 4));
     }
     std::printf("\n");
   }
-  std::printf("  %lld rows in %lld tiles; dropped %llu, empty experts %llu, max load %llu\n", rows[0], tiles[0],
-              d.dropped_assignments, d.empty_experts, d.max_load);
+  std::printf("  %lld rows in %lld tiles; dropped %llu, empty experts %llu, max load %llu\n",
+              static_cast<long long>(rows[0]), static_cast<long long>(tiles[0]), d.dropped_assignments, d.empty_experts,
+              d.max_load);
 
   // Checked mode: a NaN logit is refused on the CPU path with a message; the device counts it.
   logits[3 * experts + 7] = std::numeric_limits<float>::quiet_NaN();

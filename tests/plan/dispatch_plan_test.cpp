@@ -22,7 +22,7 @@ namespace {
 
 struct PlanResult {
   Status status = Status::internal_error;
-  std::vector<long long> counts, offsets, num_rows{-5}, num_tiles{-5};
+  std::vector<std::int64_t> counts, offsets, num_rows{-5}, num_tiles{-5};
   std::vector<std::int64_t> row_assignment, assignment_row, tile_row;
   std::vector<int> tile_expert;
   Diagnostics diagnostics{};
@@ -107,8 +107,8 @@ TEST_CASE("plan of a small routing, checked by hand", "[plan][emu]") {
   // expert 2: assignments 3, 8 -> keeps both
   for (PlanResult const& r : {reference(p, ids), on_cpu(p, ids), on_device(p, ids, 3)}) {
     REQUIRE(r.status == Status::ok);
-    CHECK(r.counts == std::vector<long long>{3, 4, 2});
-    CHECK(r.offsets == std::vector<long long>{0, 2, 4, 6});
+    CHECK(r.counts == std::vector<std::int64_t>{3, 4, 2});
+    CHECK(r.offsets == std::vector<std::int64_t>{0, 2, 4, 6});
     CHECK(r.num_rows[0] == 6);
     CHECK(r.num_tiles[0] == 3);
     CHECK(std::vector(r.row_assignment.begin(), r.row_assignment.begin() + 6) ==
@@ -125,7 +125,7 @@ TEST_CASE("plan of a small routing, checked by hand", "[plan][emu]") {
   plan::PlanProblem const q{.tokens = 5, .slots = 2, .experts = 3, .tile_rows = 4};
   PlanResult const r = on_device(q, ids, 1);
   REQUIRE(r.status == Status::ok);
-  CHECK(r.offsets == std::vector<long long>{0, 4, 8, 12});
+  CHECK(r.offsets == std::vector<std::int64_t>{0, 4, 8, 12});
   CHECK(std::vector(r.row_assignment.begin(), r.row_assignment.begin() + 12) ==
         std::vector<std::int64_t>{0, 2, 5, -1, 1, 4, 6, 9, 3, 8, -1, -1});
   r.require_same(reference(q, ids));
@@ -200,7 +200,7 @@ TEST_CASE("plan rows keep token order inside each expert and cover every kept as
       ++seen[static_cast<std::size_t>(a)];
       ++kept;
     }
-    REQUIRE(kept == std::min<long long>(r.counts[e], p.capacity));
+    REQUIRE(kept == std::min<std::int64_t>(r.counts[e], p.capacity));
     REQUIRE((r.offsets[e + 1] - r.offsets[e]) % p.tile_rows == 0);
   }
   unsigned long long dropped = 0;
@@ -231,7 +231,7 @@ TEST_CASE("plan: bad input gets a Status and a message, outputs untouched", "[pl
     PlanResult const r = on_cpu(p, ids);
     CHECK(r.status == code);
     CHECK_THAT(std::string(last_error_message()), Catch::Contains(fragment));
-    CHECK(r.counts == std::vector<long long>(PlanResult::size(p.experts), -5));
+    CHECK(r.counts == std::vector<std::int64_t>(PlanResult::size(p.experts), -5));
     CHECK(reference(p, ids).status == code);
     CHECK(on_device(p, ids, 0).status == code);
   };
@@ -261,5 +261,5 @@ TEST_CASE("plan: bad input gets a Status and a message, outputs untouched", "[pl
   CHECK(plan::build_plan(good, DeviceTensor<int const, 2>::row_major(ids.data(), {3, 2}), d.view<MemorySpace::device>(),
                          &d.diagnostics, w, nullptr) == Status::workspace_too_small);
   CHECK_THAT(std::string(last_error_message()), Catch::Contains("plan chunk"));
-  CHECK(d.counts == std::vector<long long>(4, -5));
+  CHECK(d.counts == std::vector<std::int64_t>(4, -5));
 }

@@ -283,6 +283,47 @@ TEST_CASE("moekit-route --device emulate gives the CPU path's bits", "[tools][em
 }
 #endif
 
+namespace {
+std::vector<std::int64_t> read_int64(fs::path const& file) {
+  std::vector<std::int64_t> v, shape;
+  REQUIRE(io::read_npy(file, v, shape) == Status::ok);
+  return v;
+}
+}  // namespace
+
+TEST_CASE("moekit-route writes the dispatch plan", "[tools]") {
+  Work const w;
+  // Mixtral-style top-2 over 8 experts for the two tokens of 1.11: [2, 5] and [4, 3]; capacity 1
+  // and tiles of 2 rows: each expert keeps its first assignment, nothing is dropped.
+  auto const o = route(w, "--logits " + w.npy("z.npy", z, {2, 8}) +
+                              " --model-type mixtral --num_experts_per_tok 2 "
+                              "--expert_capacity 1 --tile-rows 2");
+  REQUIRE(o.ids == std::vector<int>{2, 5, 4, 3});
+  fs::path const out = w.dir / "out";
+  CHECK(read_int64(out / "plan_expert_counts.npy") == std::vector<std::int64_t>{0, 0, 1, 1, 1, 1, 0, 0});
+  CHECK(read_int64(out / "plan_expert_offsets.npy") == std::vector<std::int64_t>{0, 0, 0, 2, 4, 6, 8, 8, 8});
+  CHECK(read_int64(out / "plan_row_assignment.npy") == std::vector<std::int64_t>{0, -1, 3, -1, 2, -1, 1, -1});
+  CHECK(read_int64(out / "plan_assignment_row.npy") == std::vector<std::int64_t>{0, 6, 4, 2});
+  CHECK(read_int64(out / "plan_tile_row.npy") == std::vector<std::int64_t>{0, 2, 4, 6});
+  // nonfinite rows, dropped, invalid ids, empty slots, empty experts, max load, capacity
+  CHECK(read_int64(out / "plan_diagnostics.npy") == std::vector<std::int64_t>{0, 0, 0, 0, 4, 1, 1});
+
+  // A capacity factor that binds: every token prefers expert 0, capacity ceil(1.5 * 6 * 1 / 4) = 3.
+  std::vector<float> skewed(6 * 4, 0.f);
+  for (int t = 0; t < 6; ++t) {
+    skewed[static_cast<std::size_t>(t * 4)] = 3.f;
+  }
+  auto const s = route(w,
+                       "--logits " + w.npy("s.npy", skewed, {6, 4}) +
+                           " --model-type switch_transformers --num_experts 4 --capacity_factor 1.5",
+                       "skewed");
+  CHECK(s.ids == std::vector<int>(6, 0));
+  auto const d = read_int64(w.dir / "skewed" / "plan_diagnostics.npy");
+  CHECK(d[6] == 3);  // ceil(1.5 * 6 * 1 / 4)
+  CHECK(d[1] == 3);  // tokens 3, 4, 5 dropped (token order)
+  CHECK(read_int64(w.dir / "skewed" / "plan_assignment_row.npy") == std::vector<std::int64_t>{0, 1, 2, -1, -1, -1});
+}
+
 TEST_CASE("moekit-route --help documents every flag and exits 0", "[tools]") {
   Work const w;
   fs::path const out = w.dir / "help";

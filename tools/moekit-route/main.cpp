@@ -24,6 +24,7 @@
 #include <cstdlib>
 #include <exception>
 #include <filesystem>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -39,6 +40,7 @@
 #include "moekit/core/status.hpp"
 #include "moekit/core/tensor_view.hpp"
 #include "moekit/cpu/gate_projection.hpp"
+#include "moekit/cpu/plan.hpp"
 #include "moekit/cpu/route.hpp"
 #include "moekit/io/hf_config.hpp"
 #include "moekit/io/npy.hpp"
@@ -49,6 +51,7 @@
 #include "moekit/routing/scores.hpp"
 #include "moekit/routing/top_k.hpp"
 #if MOEKIT_ROUTE_HAVE_EMU
+#include "moekit/plan/build_plan.hpp"
 #include "moekit/routing/gate_projection.hpp"
 #include "moekit/routing/route.hpp"
 #endif
@@ -85,9 +88,25 @@ struct Options {
   bool round_logits_bf16 = false;
   Device device = Device::cpu;
   bool help = false;
+  // The dispatch plan (plan/dispatch_plan.hpp).
+  std::optional<long long> expert_capacity;
+  std::optional<double> capacity_factor;
+  long long tile_rows = 1;
 };
 
-enum class FlagKind { path, hf_integer, hf_number, hf_boolean, hf_string, round_bf16, device, help };
+enum class FlagKind {
+  path,
+  hf_integer,
+  hf_number,
+  hf_boolean,
+  hf_string,
+  round_bf16,
+  device,
+  expert_capacity,
+  capacity_factor,
+  tile_rows,
+  help
+};
 
 struct Flag {
   char const* name;  // as documented; '-' and '_' are interchangeable on the command line
@@ -134,6 +153,11 @@ Flag const flags[] = {
      "round the logits to bf16 (nearest even) before routing, as an HF router running in bf16"},
     {"--device", FlagKind::device, "cpu|emulate",
      "cpu: the checked CPU path (default); emulate: the CUDA kernels under moekit's emulator"},
+    {"--expert_capacity", FlagKind::expert_capacity, "C",
+     "plan: at most C assignments per expert, the earliest in (token, slot) order (HF Switch key); default unlimited"},
+    {"--capacity_factor", FlagKind::capacity_factor, "F", "plan: capacity = ceil(F * T * K / E) instead of C"},
+    {"--tile-rows", FlagKind::tile_rows, "M",
+     "plan: rows per grouped-GEMM tile; expert blocks padded to M (default 1)"},
     {"--help", FlagKind::help, "", "print this help and exit"},
 };
 
@@ -150,7 +174,9 @@ void print_help() {
       "                    [--round-logits-bf16] [--device cpu|emulate] --out DIR\n\n"
       "Routes every token with a production MoE router (Mixtral, Qwen2/3-MoE, OLMoE, gpt-oss, Llama-4, Switch,\n"
       "DeepSeek-V2/V3) and writes DIR/ids.npy (int32 [..., K]), DIR/weights.npy (float32 [..., K]) and, when the\n"
-      "logits were computed from hidden states, DIR/logits.npy (float32 [..., E]). Router flags carry Hugging Face\n"
+      "logits were computed from hidden states, DIR/logits.npy (float32 [..., E]), and the dispatch plan\n"
+      "(DIR/plan_*.npy: expert counts and offsets, row <-> assignment maps, the GEMM tile list, diagnostics).\n"
+      "Router flags carry Hugging Face\n"
       "config.json key names ('-' and '_' are interchangeable). Non-finite logits are refused (checked mode).\n\n"
       "flags:\n",
       tool_name);
@@ -215,6 +241,30 @@ std::optional<Failure> set_flag(Flag const& f, std::string_view value, Options& 
       }
       return std::nullopt;
     case FlagKind::round_bf16: o.round_logits_bf16 = true; return std::nullopt;
+    case FlagKind::expert_capacity:
+    case FlagKind::tile_rows: {
+      long long v = 0;
+      auto const [end, ec] = std::from_chars(value.data(), value.data() + value.size(), v);
+      if (ec != std::errc{} || end != value.data() + value.size()) {
+        return usage(name + ": '" + std::string(value) + "' is not an integer");
+      }
+      if (f.kind == FlagKind::tile_rows) {
+        o.tile_rows = v;
+      } else {
+        o.expert_capacity = v;
+      }
+      return std::nullopt;
+    }
+    case FlagKind::capacity_factor: {
+      std::string const text(value);
+      char* end = nullptr;
+      double const v = std::strtod(text.c_str(), &end);
+      if (text.empty() || end != text.c_str() + text.size() || !std::isfinite(v)) {
+        return usage(name + ": '" + text + "' is not a finite number");
+      }
+      o.capacity_factor = v;
+      return std::nullopt;
+    }
     case FlagKind::help: o.help = true; return std::nullopt;
   }
   return std::nullopt;
@@ -274,6 +324,9 @@ std::optional<Failure> parse_command_line(int argc, char** argv, Options& o) {
   }
   if (o.hidden.has_value() != o.gate_weight.has_value()) {
     return usage(o.hidden ? "--hidden needs --gate-weight" : "--gate-weight needs --hidden");
+  }
+  if (o.expert_capacity && o.capacity_factor) {
+    return usage("give --expert_capacity or --capacity_factor, not both");
   }
   if (o.gate_bias && !o.hidden) {
     return usage("--gate-bias applies to --hidden/--gate-weight (add it to the logits yourself)");
@@ -551,8 +604,10 @@ std::string describe(moekit::io::RouterConfig const& c) {
 
 struct Routing {
   int slots = 0;
+  int experts = 0;
   std::vector<int> ids;        // [T, K]
   std::vector<float> weights;  // [T, K]
+  moekit::Diagnostics diagnostics{};
 };
 
 template <moekit::routing::TokenRouter R>
@@ -560,6 +615,7 @@ Status run_router(R const& r, Inputs const& in, Device device, Routing& out) {
   using moekit::MemorySpace;
   using moekit::TensorView;
   out.slots = r.slots();
+  out.experts = r.num_experts();
   out.ids.assign(static_cast<std::size_t>(in.tokens * out.slots), r.num_experts());
   out.weights.assign(out.ids.size(), 0.f);
   if (device == Device::cpu) {
@@ -580,14 +636,82 @@ Status run_router(R const& r, Inputs const& in, Device device, Routing& out) {
       TensorView<float const, 2, MemorySpace::device>::row_major(in.logits.data(), {in.tokens, in.experts}),
       TensorView<int, 2, MemorySpace::device>::row_major(out.ids.data(), {in.tokens, out.slots}),
       TensorView<float, 2, MemorySpace::device>::row_major(out.weights.data(), {in.tokens, out.slots})};
-  moekit::Diagnostics diagnostics{};
-  return moekit::routing::route(r, b, &diagnostics, nullptr);
+  return moekit::routing::route(r, b, &out.diagnostics, nullptr);
 #else
   return Status::unsupported_config;
 #endif
 }
 
-// ---- 5. Outputs --------------------------------------------------------------------------------
+// ---- 5. The dispatch plan -------------------------------------------------------------------------
+
+struct Plan {
+  moekit::plan::PlanProblem problem;
+  std::vector<std::int64_t> counts, offsets, rows{0}, tiles{0};
+  std::vector<std::int64_t> row_assignment, assignment_row, tile_row;
+  std::vector<int> tile_expert;
+};
+
+std::optional<Failure> build_plan(Options const& o, Inputs const& in, Routing& r, Plan& p) {
+  p.problem = {.tokens = in.tokens, .slots = r.slots, .experts = r.experts, .tile_rows = static_cast<int>(o.tile_rows)};
+  if (o.tile_rows < 1 || o.tile_rows > moekit::plan::max_tile_rows) {
+    return Failure{1, "--tile-rows must be in [1, " + std::to_string(moekit::plan::max_tile_rows) + "] (got " +
+                          std::to_string(o.tile_rows) + ")"};
+  }
+  if (o.expert_capacity) {
+    p.problem.capacity = *o.expert_capacity;
+  } else if (o.capacity_factor) {
+    if (Status s =
+            moekit::plan::capacity_from_factor(*o.capacity_factor, in.tokens, r.slots, r.experts, p.problem.capacity);
+        !s) {
+      return failure(s);
+    }
+  }
+  if (Status s = moekit::plan::validate(p.problem); !s) {
+    return failure(s);
+  }
+  auto const size = [](std::int64_t n) { return static_cast<std::size_t>(n); };
+  p.counts.resize(size(r.experts));
+  p.offsets.resize(size(r.experts) + 1);
+  p.row_assignment.resize(size(moekit::plan::max_rows(p.problem)));
+  p.assignment_row.resize(size(moekit::plan::assignments(p.problem)));
+  p.tile_row.resize(size(moekit::plan::max_tiles(p.problem)));
+  p.tile_expert.resize(p.tile_row.size());
+  using moekit::MemorySpace;
+  using moekit::TensorView;
+  if (o.device == Device::cpu) {
+    moekit::plan::DispatchPlan<MemorySpace::host> const out{
+        p.counts.data(),      p.offsets.data(),  p.row_assignment.data(), p.assignment_row.data(),
+        p.tile_expert.data(), p.tile_row.data(), p.rows.data(),           p.tiles.data()};
+    if (Status s = moekit::cpu::build_plan(
+            p.problem, TensorView<int const, 2, MemorySpace::host>::row_major(r.ids.data(), {in.tokens, r.slots}), out,
+            r.diagnostics);
+        !s) {
+      return failure(s);
+    }
+    return std::nullopt;
+  }
+#if MOEKIT_ROUTE_HAVE_EMU
+  moekit::plan::DispatchPlan<MemorySpace::device> const out{
+      p.counts.data(),      p.offsets.data(),  p.row_assignment.data(), p.assignment_row.data(),
+      p.tile_expert.data(), p.tile_row.data(), p.rows.data(),           p.tiles.data()};
+  std::vector<std::byte> workspace(moekit::plan::plan_workspace_size(p.problem) + moekit::Workspace::default_alignment);
+  std::size_t space = workspace.size();
+  void* base = workspace.data();
+  base = std::align(moekit::Workspace::default_alignment, moekit::plan::plan_workspace_size(p.problem), base, space);
+  moekit::Workspace w(base, moekit::plan::plan_workspace_size(p.problem));
+  if (Status s = moekit::plan::build_plan(
+          p.problem, TensorView<int const, 2, MemorySpace::device>::row_major(r.ids.data(), {in.tokens, r.slots}), out,
+          &r.diagnostics, w, nullptr);
+      !s) {
+    return failure(s);
+  }
+  return std::nullopt;
+#else
+  return Failure{1, "--device emulate: this build has no CUDA emulator"};
+#endif
+}
+
+// ---- 6. Outputs --------------------------------------------------------------------------------
 
 struct OutputFile {
   std::string name;
@@ -595,7 +719,7 @@ struct OutputFile {
 };
 
 // Every file the run produces. A new output: one more entry here.
-std::vector<OutputFile> collect_outputs(Inputs const& in, Routing const& r) {
+std::vector<OutputFile> collect_outputs(Inputs const& in, Routing const& r, Plan const& p) {
   std::vector<std::int64_t> slots_shape = in.batch_shape;
   slots_shape.push_back(r.slots);
   std::vector<OutputFile> files;
@@ -606,6 +730,26 @@ std::vector<OutputFile> collect_outputs(Inputs const& in, Routing const& r) {
     logits_shape.push_back(in.experts);
     files.push_back({"logits.npy", moekit::io::make_npy_array(in.logits.data(), logits_shape)});
   }
+  using moekit::io::make_npy_array;
+  std::int64_t const experts = r.experts;
+  files.push_back({"plan_expert_counts.npy", make_npy_array(p.counts.data(), {experts})});
+  files.push_back({"plan_expert_offsets.npy", make_npy_array(p.offsets.data(), {experts + 1})});
+  files.push_back({"plan_row_assignment.npy", make_npy_array(p.row_assignment.data(), {p.rows[0]})});
+  files.push_back({"plan_assignment_row.npy", make_npy_array(p.assignment_row.data(), slots_shape)});
+  files.push_back({"plan_tile_expert.npy", make_npy_array(p.tile_expert.data(), {p.tiles[0]})});
+  files.push_back({"plan_tile_row.npy", make_npy_array(p.tile_row.data(), {p.tiles[0]})});
+  // Diagnostics in this order: nonfinite_rows, dropped_assignments, invalid_ids, empty_slots,
+  // empty_experts, max_load, and the capacity used (-1: unlimited).
+  moekit::Diagnostics const& d = r.diagnostics;
+  static thread_local std::vector<std::int64_t> diagnostics;
+  diagnostics = {static_cast<std::int64_t>(d.nonfinite_rows),
+                 static_cast<std::int64_t>(d.dropped_assignments),
+                 static_cast<std::int64_t>(d.invalid_ids),
+                 static_cast<std::int64_t>(d.empty_slots),
+                 static_cast<std::int64_t>(d.empty_experts),
+                 static_cast<std::int64_t>(d.max_load),
+                 p.problem.capacity};
+  files.push_back({"plan_diagnostics.npy", make_npy_array(diagnostics.data(), {7})});
   return files;
 }
 
@@ -699,12 +843,19 @@ std::optional<Failure> run(int argc, char** argv) {
     return failure(s);
   }
 
-  if (auto f = write_outputs(*o.out, collect_outputs(in, routed))) {
+  Plan plan;
+  if (auto f = build_plan(o, in, routed, plan)) {
+    return f;
+  }
+  if (auto f = write_outputs(*o.out, collect_outputs(in, routed, plan))) {
     return f;
   }
   std::printf("%s: routed %lld tokens with %s%s into %s\n", tool_name, static_cast<long long>(in.tokens),
               describe(config).c_str(), o.device == Device::emulate ? " on the emulated device" : "",
               o.out->string().c_str());
+  std::printf("%s: plan: %lld rows in %lld tiles of %d; dropped %llu, empty experts %llu, max load %llu\n", tool_name,
+              static_cast<long long>(plan.rows[0]), static_cast<long long>(plan.tiles[0]), plan.problem.tile_rows,
+              routed.diagnostics.dropped_assignments, routed.diagnostics.empty_experts, routed.diagnostics.max_load);
   return std::nullopt;
 }
 

@@ -21,7 +21,7 @@ namespace cpu {
     return s;
   }
   std::int64_t const cap = p.capacity == plan::unlimited_capacity ? assignments(p) : p.capacity;
-  std::fill(out.expert_counts, out.expert_counts + p.experts, 0LL);
+  std::fill(out.expert_counts, out.expert_counts + p.experts, std::int64_t{0});
   for (std::int64_t t = 0; t < p.tokens; ++t) {
     for (int s = 0; s < p.slots; ++s) {
       int const id = ids(t, s);
@@ -33,17 +33,17 @@ namespace cpu {
       }
     }
   }
-  long long row = 0, tiles = 0;
+  std::int64_t row = 0, tiles = 0;
   for (int e = 0; e < p.experts; ++e) {
-    long long const count = out.expert_counts[e];
-    long long const kept = std::min<long long>(count, cap);
-    long long const padded = (kept + p.tile_rows - 1) / p.tile_rows * p.tile_rows;
+    std::int64_t const count = out.expert_counts[e];
+    std::int64_t const kept = std::min<std::int64_t>(count, cap);
+    std::int64_t const padded = (kept + p.tile_rows - 1) / p.tile_rows * p.tile_rows;
     diagnostics.dropped_assignments += static_cast<unsigned long long>(count - kept);
     diagnostics.empty_experts += count == 0 ? 1 : 0;
     diagnostics.max_load = std::max<unsigned long long>(diagnostics.max_load, static_cast<unsigned long long>(count));
     out.expert_offsets[e] = row;
     std::fill(out.row_assignment + row + kept, out.row_assignment + row + padded, std::int64_t{-1});
-    for (long long r = 0; r < padded; r += p.tile_rows) {
+    for (std::int64_t r = 0; r < padded; r += p.tile_rows) {
       out.tile_expert[tiles] = e;
       out.tile_row[tiles++] = row + r;
     }
@@ -54,7 +54,7 @@ namespace cpu {
   *out.num_tiles = tiles;
   // Stable scatter: tokens in order; expert_counts[e] counts e's assignments seen so far and
   // ends at its total again.
-  std::fill(out.expert_counts, out.expert_counts + p.experts, 0LL);
+  std::fill(out.expert_counts, out.expert_counts + p.experts, std::int64_t{0});
   for (std::int64_t t = 0; t < p.tokens; ++t) {
     for (int s = 0; s < p.slots; ++s) {
       std::int64_t const a = t * p.slots + s;
@@ -63,7 +63,7 @@ namespace cpu {
       if (id < 0 || id >= p.experts) {
         continue;
       }
-      long long const r = out.expert_counts[id]++;
+      std::int64_t const r = out.expert_counts[id]++;
       if (r < cap) {
         out.row_assignment[out.expert_offsets[id] + r] = a;
         out.assignment_row[a] = out.expert_offsets[id] + r;

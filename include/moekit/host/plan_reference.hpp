@@ -30,10 +30,10 @@ namespace host {
       out.assignment_row[t * p.slots + s] = -1;
     }
   }
-  long long row = 0, tiles = 0;
+  std::int64_t row = 0, tiles = 0;
   for (int e = 0; e < p.experts; ++e) {
     out.expert_offsets[e] = row;
-    long long count = 0;
+    std::int64_t count = 0;
     for (std::int64_t t = 0; t < p.tokens; ++t) {
       for (int s = 0; s < p.slots; ++s) {
         if (ids(t, s) != e) {
@@ -51,12 +51,12 @@ namespace host {
     out.expert_counts[e] = count;
     diagnostics.empty_experts += count == 0 ? 1 : 0;
     diagnostics.max_load = std::max<unsigned long long>(diagnostics.max_load, static_cast<unsigned long long>(count));
-    long long const kept = std::min<long long>(count, cap);
-    long long const padded = (kept + p.tile_rows - 1) / p.tile_rows * p.tile_rows;
-    for (long long r = kept; r < padded; ++r) {
+    std::int64_t const kept = std::min<std::int64_t>(count, cap);
+    std::int64_t const padded = (kept + p.tile_rows - 1) / p.tile_rows * p.tile_rows;
+    for (std::int64_t r = kept; r < padded; ++r) {
       out.row_assignment[row + r] = -1;
     }
-    for (long long r = 0; r < padded; r += p.tile_rows) {
+    for (std::int64_t r = 0; r < padded; r += p.tile_rows) {
       out.tile_expert[tiles] = e;
       out.tile_row[tiles] = row + r;
       ++tiles;

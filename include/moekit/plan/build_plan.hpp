@@ -110,13 +110,13 @@ struct PlanScanArgs {
   int tile_rows;
   int const* chunk_counts;
   long long* chunk_cursor;
-  long long* expert_counts;
-  long long* expert_offsets;
+  std::int64_t* expert_counts;
+  std::int64_t* expert_offsets;
   std::int64_t* row_assignment;
   int* tile_expert;
   std::int64_t* tile_row;
-  long long* num_rows;
-  long long* num_tiles;
+  std::int64_t* num_rows;
+  std::int64_t* num_tiles;
   Diagnostics* diagnostics;
 };
 
@@ -169,7 +169,7 @@ MOEKIT_KERNEL void MOEKIT_LAUNCH_BOUNDS(plan_scan_threads, 1) plan_scan_kernel(P
 }
 
 MOEKIT_KERNEL void MOEKIT_LAUNCH_BOUNDS(plan_chunk_block_threads, 1)
-    plan_scatter_kernel(PlanIds ids, std::int64_t chunks, long long* chunk_cursor, long long const* expert_offsets,
+    plan_scatter_kernel(PlanIds ids, std::int64_t chunks, long long* chunk_cursor, std::int64_t const* expert_offsets,
                         long long capacity, std::int64_t* row_assignment, std::int64_t* assignment_row) {
   unsigned const lane = arch::lane_id();
   unsigned const lanes_below = (1u << lane) - 1u;

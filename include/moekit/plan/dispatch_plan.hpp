@@ -87,14 +87,14 @@ inline constexpr int max_tile_rows = 4096;
 // The plan's outputs, caller-owned (device memory for the device path, host memory otherwise).
 template <MemorySpace Space>
 struct DispatchPlan {
-  long long* expert_counts = nullptr;      // [E] assignments routed to each expert (demand, before capacity)
-  long long* expert_offsets = nullptr;     // [E + 1] first row of each expert's block; [E] = num_rows
+  std::int64_t* expert_counts = nullptr;   // [E] assignments routed to each expert (demand, before capacity)
+  std::int64_t* expert_offsets = nullptr;  // [E + 1] first row of each expert's block; [E] = num_rows
   std::int64_t* row_assignment = nullptr;  // [max_rows] t * K + slot of each row; -1 for padding
   std::int64_t* assignment_row = nullptr;  // [T * K] row of each (token, slot); -1 if dropped or empty
   int* tile_expert = nullptr;              // [max_tiles] expert of each tile
   std::int64_t* tile_row = nullptr;        // [max_tiles] first row of each tile
-  long long* num_rows = nullptr;           // [1] rows used (padded)
-  long long* num_tiles = nullptr;          // [1] tiles used
+  std::int64_t* num_rows = nullptr;        // [1] rows used (padded)
+  std::int64_t* num_tiles = nullptr;       // [1] tiles used
 };
 
 // The router's ids [T, K] (rows may be strided) and the plan's buffers: shapes and pointers.
@@ -115,14 +115,14 @@ template <MemorySpace Space>
     std::size_t alignment;
     std::int64_t elements;  // a buffer of 0 elements may be null
   };
-  Named const buffers[] = {{out.expert_counts, "expert_counts", alignof(long long), p.experts},
-                           {out.expert_offsets, "expert_offsets", alignof(long long), p.experts + 1},
+  Named const buffers[] = {{out.expert_counts, "expert_counts", alignof(std::int64_t), p.experts},
+                           {out.expert_offsets, "expert_offsets", alignof(std::int64_t), p.experts + 1},
                            {out.row_assignment, "row_assignment", alignof(std::int64_t), max_rows(p)},
                            {out.assignment_row, "assignment_row", alignof(std::int64_t), assignments(p)},
                            {out.tile_expert, "tile_expert", alignof(int), max_tiles(p)},
                            {out.tile_row, "tile_row", alignof(std::int64_t), max_tiles(p)},
-                           {out.num_rows, "num_rows", alignof(long long), 1},
-                           {out.num_tiles, "num_tiles", alignof(long long), 1}};
+                           {out.num_rows, "num_rows", alignof(std::int64_t), 1},
+                           {out.num_tiles, "num_tiles", alignof(std::int64_t), 1}};
   for (Named const& b : buffers) {
     if (b.pointer == nullptr && b.elements > 0) {
       return error(Status::invalid_argument, "plan: output buffer %s is null", b.name);

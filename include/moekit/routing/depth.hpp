@@ -43,6 +43,13 @@
 #include "moekit/routing/concept.hpp"
 #include "moekit/routing/ranking.hpp"
 
+// Full unrolling of the loops over a thread's keys, so they stay in registers (nvcc only).
+#if MOEKIT_CUDA_COMPILER
+#define MOEKIT_DEPTH_UNROLL _Pragma("unroll")
+#else
+#define MOEKIT_DEPTH_UNROLL
+#endif
+
 MOEKIT_NAMESPACE_BEGIN
 namespace routing {
 
@@ -307,11 +314,13 @@ MOEKIT_DEVICE inline void mark_top(SelectStorage& s, std::uint32_t (&keys)[depth
                                    std::int64_t count) {
   int const base = static_cast<int>(arch::thread_rank()) * depth_items_per_thread;
   int values[depth_items_per_thread];
+  MOEKIT_DEPTH_UNROLL
   for (int j = 0; j < depth_items_per_thread; ++j) {
     values[j] = base + j;
     s.keep[static_cast<std::size_t>(base + j)] = std::uint8_t{0};
   }
   SelectSort(s.temp.sort).sort(keys, values);
+  MOEKIT_DEPTH_UNROLL
   for (int j = 0; j < depth_items_per_thread; ++j) {
     if (base + j < count) {
       s.keep[static_cast<std::size_t>(values[j])] = std::uint8_t{1};
@@ -654,6 +663,7 @@ MOEKIT_KERNEL void MOEKIT_LAUNCH_BOUNDS(depth_block_threads, 1) mod_route_kernel
     float const* r = p.x != nullptr ? p.scores_out + b * p.scores_out_stride : p.scores + b * p.scores_stride;
     std::uint32_t keys[depth_items_per_thread];
     unsigned long long bad = 0;
+    MOEKIT_DEPTH_UNROLL
     for (int j = 0; j < depth_items_per_thread; ++j) {
       float const v = base + j < p.length ? r[base + j] : 0.f;
       keys[j] = base + j < p.length ? depth_detail::selection_key(v) : depth_detail::padding_key;
@@ -1168,6 +1178,7 @@ MOEKIT_KERNEL void MOEKIT_LAUNCH_BOUNDS(depth_block_threads, 1) gamma_mod_route_
     std::uint32_t keys[depth_items_per_thread];
     unsigned long long bad = 0;
     int routable = 0;
+    MOEKIT_DEPTH_UNROLL
     for (int j = 0; j < depth_items_per_thread; ++j) {
       int const pos = base + j;
       if (pos >= p.length) {

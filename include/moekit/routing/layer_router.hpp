@@ -177,31 +177,24 @@ struct LossParams {
   } else {
     float f[3] = {z[0], z[1], z[2]};
     if (r.use_router_penalty) {
+      // f = (1 − t)·from + t·to: (e_skip, q) for p <= −0.5, (q, e_execute) up to 0.5, then
+      // (e_execute, e_repeat).
       float const p = r.router_penalty;
-      float const one_hot[3][3] = {{1.f, 0.f, 0.f}, {0.f, 1.f, 0.f}, {0.f, 0.f, 1.f}};
-      float const* from;  // f = (1 − t)·from + t·to
-      float const* to;
-      float t;
-      if (p <= -0.5f) {
-        t = (p + 1.f) / 0.5f;
-        from = one_hot[0];
-        to = o.q;
-      } else if (p <= 0.5f) {
-        t = p + 0.5f;
-        from = o.q;
-        to = one_hot[1];
-      } else {
-        t = (p - 0.5f) / 0.5f;
-        from = one_hot[1];
-        to = one_hot[2];
-      }
+      int const regime = p <= -0.5f ? 0 : p <= 0.5f ? 1 : 2;
+      float const t = regime == 0 ? (p + 1.f) / 0.5f : regime == 1 ? p + 0.5f : (p - 0.5f) / 0.5f;
+      MOEKIT_DEPTH_UNROLL
       for (int c = 0; c < 3; ++c) {
-        f[c] = ::fmaf(t, to[c], (1.f - t) * from[c]);
+        float const from = regime == 0 ? (c == 0 ? 1.f : 0.f) : regime == 1 ? o.q[c] : (c == 1 ? 1.f : 0.f);
+        float const to = regime == 0 ? o.q[c] : regime == 1 ? (c == 1 ? 1.f : 0.f) : (c == 2 ? 1.f : 0.f);
+        f[c] = ::fmaf(t, to, (1.f - t) * from);
       }
     }
     int best = 0;
+    float best_value = f[0];
     for (int c = 1; c < 3; ++c) {
-      best = ranks_before(f[c], c, f[best], best) ? c : best;
+      bool const better = ranks_before(f[c], c, best_value, best);
+      best = better ? c : best;
+      best_value = better ? f[c] : best_value;
     }
     o.decision = best;
   }
@@ -210,8 +203,10 @@ struct LossParams {
   if (label < 0 || label > 2) {
     return o;
   }
-  float const alpha = lp.alpha[label];
-  float const log_p = (z[label] - m) - fp32::log(sum);  // log p_y without forming p_y
+  // Selected by value, not by a runtime index, so nothing goes to local memory on the device.
+  auto const pick = [label](float const(&v)[3]) { return label == 0 ? v[0] : label == 1 ? v[1] : v[2]; };
+  float const alpha = pick(lp.alpha);
+  float const log_p = (pick(z) - m) - fp32::log(sum);  // log p_y without forming p_y
   float rest_sum = 0.f;
   for (int c = 0; c < 3; ++c) {
     rest_sum += c == label ? 0.f : e[c];
@@ -226,7 +221,7 @@ struct LossParams {
   } else if (rest == 0.f) {
     coef = 0.f;
   } else {
-    coef = alpha * (lp.gamma * power(rest, lp.gamma - 1.f) * o.q[label] * log_p - focal);
+    coef = alpha * (lp.gamma * power(rest, lp.gamma - 1.f) * pick(o.q) * log_p - focal);
   }
   for (int c = 0; c < 3; ++c) {
     o.grad[c] = coef * ((c == label ? 1.f : 0.f) - o.q[c]) / lp.divisor;
@@ -454,6 +449,7 @@ MOEKIT_KERNEL void MOEKIT_LAUNCH_BOUNDS(depth_block_threads, 1) layer_router_ker
     float zsum = 0.f;  // class t, in threads 0..2
     for (std::int64_t w = 0; w < p.windows; ++w) {
       float acc[rows];
+      MOEKIT_DEPTH_UNROLL
       for (int r = 0; r < rows; ++r) {
         acc[r] = 0.f;
       }
@@ -468,13 +464,17 @@ MOEKIT_KERNEL void MOEKIT_LAUNCH_BOUNDS(depth_block_threads, 1) layer_router_ker
           s.pooled[static_cast<std::size_t>(k - c0)] = sum / static_cast<float>(p.window_size);
         }
         arch::sync_threads();
-        for (int r = 0; r < rows; ++r) {
-          float const* wrow = p.router.w1 + static_cast<std::int64_t>(row0 + r) * d;
-          for (std::int64_t k = c0 + lane; k < c1; k += arch::warp_size) {
-            acc[r] = ::fmaf(wrow[k], s.pooled[static_cast<std::size_t>(k - c0)], acc[r]);
+        // Lane l: k = l, l + 32, ... ascending for each of its warp's 16 rows (the lane order).
+        float const* w1 = p.router.w1 + static_cast<std::int64_t>(row0) * d;
+        for (std::int64_t k = c0 + lane; k < c1; k += arch::warp_size) {
+          float const m = s.pooled[static_cast<std::size_t>(k - c0)];
+          MOEKIT_DEPTH_UNROLL
+          for (int r = 0; r < rows; ++r) {
+            acc[r] = ::fmaf(w1[r * d + k], m, acc[r]);
           }
         }
       }
+      MOEKIT_DEPTH_UNROLL
       for (int r = 0; r < rows; ++r) {
         float v = acc[r];
         for (int o = 16; o > 0; o >>= 1) {

@@ -362,7 +362,8 @@ MOEKIT_ARCH_NAMESPACE_BEGIN
 namespace depth_device {
 struct TokenSkipStorage {
   SelectStorage select;
-  arch::SharedArray<int, max_depth_sequence> rank;
+  arch::SharedArray<float, max_depth_sequence> value;         // a, then u
+  arch::SharedArray<std::uint16_t, max_depth_sequence> rank;  // of a, descending
 };
 struct TokenSkipDecodeStorage {
   typename SelectScan::TempStorage scan;
@@ -402,49 +403,62 @@ MOEKIT_KERNEL void MOEKIT_LAUNCH_BOUNDS(BlockThreads, 1) token_skip_kernel(Token
   float const f4 = static_cast<float>(p.router.sparsity);
   for (std::int64_t b = arch::block_rank(); b < p.batch; b += arch::grid_dim().x) {
     arch::sync_threads();
-    // The rank feature: stable descending sort of the attention scores.
-    float a[items];
-    std::uint32_t keys[items];
-    int values[items];
+    // The attention scores into shared memory (each thread its own positions: no barrier needed
+    // before it reads them back), then the rank feature: a stable descending sort of them.
     for (int j = 0; j < items; ++j) {
       int const pos = base + j;
-      a[j] = pos >= n                 ? 0.f
-             : p.attention != nullptr ? p.attention[b * p.attention_stride + pos]
-                                      : token_skip_detail::uniform_attention(pos, n);
-      keys[j] = pos < n ? depth_detail::selection_key(a[j]) : depth_detail::padding_key;
+      if (pos < n) {
+        s.value[static_cast<std::size_t>(pos)] = p.attention != nullptr ? p.attention[b * p.attention_stride + pos]
+                                                                        : token_skip_detail::uniform_attention(pos, n);
+      }
+    }
+    std::uint32_t keys[items];
+    int values[items];
+    MOEKIT_DEPTH_UNROLL
+    for (int j = 0; j < items; ++j) {
+      int const pos = base + j;
+      keys[j] =
+          pos < n ? depth_detail::selection_key(s.value[static_cast<std::size_t>(pos)]) : depth_detail::padding_key;
       values[j] = pos;
     }
     SelectSort(s.select.temp.sort).sort(keys, values);
+    MOEKIT_DEPTH_UNROLL
     for (int j = 0; j < items; ++j) {
       if (values[j] < n) {
-        s.rank[static_cast<std::size_t>(values[j])] = base + j;
+        s.rank[static_cast<std::size_t>(values[j])] = static_cast<std::uint16_t>(base + j);
       }
     }
     arch::sync_threads();
-    // Features and keep scores; the selection keys (token 0 forced first).
-    float u[items];
+    // Features and keep scores; u replaces a in s.value (the same thread's slots).
     float skip_sum = 0.f;
     unsigned long long bad = 0;
     for (int j = 0; j < items; ++j) {
       int const pos = base + j;
-      u[j] = 0.f;
       if (pos >= n) {
-        keys[j] = depth_detail::padding_key;
-        continue;
+        break;
       }
-      float const f[4] = {token_skip_detail::position_feature(pos, n), a[j],
-                          token_skip_detail::position_feature(s.rank[static_cast<std::size_t>(pos)], n), f4};
-      u[j] = p.router.keep_score(f);
-      keys[j] = pos == 0 ? depth_detail::forced_key : depth_detail::selection_key(u[j]);
-      bad += depth_detail::is_bad_score(u[j]) ? 1u : 0u;
-      skip_sum += fp32::sigmoid(-u[j]);
-      p.scores[b * p.scores_stride + pos] = u[j];
+      auto const at = static_cast<std::size_t>(pos);
+      float const f[4] = {token_skip_detail::position_feature(pos, n), s.value[at],
+                          token_skip_detail::position_feature(s.rank[at], n), f4};
+      float const u = p.router.keep_score(f);
+      s.value[at] = u;
+      bad += depth_detail::is_bad_score(u) ? 1u : 0u;
+      skip_sum += fp32::sigmoid(-u);
+      p.scores[b * p.scores_stride + pos] = u;
       if (p.features != nullptr) {
         float* out = p.features + b * p.features_stride0 + pos * p.features_stride1;
         for (int k = 0; k < 4; ++k) {
           out[k] = f[k];
         }
       }
+    }
+    // The selection keys: token 0 first, then by u.
+    MOEKIT_DEPTH_UNROLL
+    for (int j = 0; j < items; ++j) {
+      int const pos = base + j;
+      keys[j] = pos >= n   ? depth_detail::padding_key
+                : pos == 0 ? depth_detail::forced_key
+                           : depth_detail::selection_key(s.value[static_cast<std::size_t>(pos)]);
     }
     if (bad != 0) {
       arch::atomic_add(&p.diagnostics->nonfinite_rows, bad);
@@ -468,8 +482,8 @@ MOEKIT_KERNEL void MOEKIT_LAUNCH_BOUNDS(BlockThreads, 1) token_skip_kernel(Token
     if (p.grad != nullptr) {
       bool const active = p.router.sparsity > double(static_cast<float>(s.select.scalar[0]));
       for (int j = 0; j < items && base + j < n; ++j) {
-        p.grad[b * p.grad_stride + base + j] =
-            active ? fp32::sigmoid(u[j]) * fp32::sigmoid(-u[j]) / p.grad_divisor : 0.f;
+        float const u = s.value[static_cast<std::size_t>(base + j)];
+        p.grad[b * p.grad_stride + base + j] = active ? fp32::sigmoid(u) * fp32::sigmoid(-u) / p.grad_divisor : 0.f;
       }
     }
   }

@@ -32,9 +32,11 @@ namespace routing {
 template <int MaxK, class Key, class Index>
 MOEKIT_HOST_DEVICE void top_k(int n, int k, Key const& key, Index const& index, int* chosen) noexcept {
   static_assert(MaxK >= 1, "top_k needs MaxK >= 1");
-  float best_key[MaxK];
-  int best_index[MaxK];
-  int best[MaxK];
+  // Value-initialised only to keep GCC's maybe-uninitialized analysis quiet (k <= MaxK entries
+  // are always written before they are read).
+  float best_key[MaxK] = {};
+  int best_index[MaxK] = {};
+  int best[MaxK] = {};
   int count = 0;
   for (int c = 0; c < n; ++c) {
     float const v = key(c);

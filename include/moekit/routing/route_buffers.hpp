@@ -3,6 +3,7 @@
 // before touching them: logits [T, E] (experts contiguous), ids and weights [T, K]. On any
 // failure nothing is written and the message names the buffer and the sizes involved.
 
+#include <concepts>
 #include <cstdint>
 
 #include "moekit/config.hpp"
@@ -64,7 +65,16 @@ template <TokenRouter R, MemorySpace Space>
   if (Status s = detail::check_matrix(b.ids, "expert ids", tokens, router.slots()); !s) {
     return s;
   }
-  return detail::check_matrix(b.weights, "weights", tokens, router.slots());
+  if (Status s = detail::check_matrix(b.weights, "weights", tokens, router.slots()); !s) {
+    return s;
+  }
+  // A router with per-token side inputs (masks, keep-logits) checks they cover the T tokens.
+  if constexpr (requires {
+                  { router.validate_inputs(tokens) } -> std::same_as<Status>;
+                }) {
+    return router.validate_inputs(tokens);
+  }
+  return Status::ok;
 }
 
 }  // namespace routing

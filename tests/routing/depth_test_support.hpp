@@ -1,6 +1,6 @@
 #pragma once
 // Shared by the depth / token-skip / layer router tests: running a library entry point under the
-// emulator with a given schedule seed (racecheck on, two resident blocks), a 256-byte aligned
+// emulator with a given schedule seed (racecheck and initcheck on, two resident blocks), a 256-byte aligned
 // workspace, bitwise comparison of float vectors, unit roundoff, and central finite differences.
 
 #include <cmath>
@@ -30,6 +30,7 @@ auto with_schedule(std::uint64_t seed, F&& f) {
   moekit::emu::LaunchOptions o;
   o.schedule_seed = seed;
   o.racecheck = true;
+  o.initcheck = true;
   o.max_resident_blocks = 2;
   moekit::emu::ScopedLaunchOptions const guard(o);
   return f();

@@ -663,6 +663,21 @@ TEST_CASE("gradients match central finite differences of the fp64 formulas", "[b
                                                                                .layout = SequenceLayout::seq_major},
                                                   l, run));
   }
+  SECTION("Megatron seq_aux, softmax, batch-major") {
+    int const batch = 2;
+    std::vector<std::vector<std::int64_t>> groups(batch);
+    for (std::int64_t t = 0; t < tokens; ++t) {
+      groups[t / (tokens / batch)].push_back(t);
+    }
+    auto const d = plain_form(l, valid, groups, k, k, double(lambda) * experts / batch, LossScore::softmax, margin);
+    check_margin();
+    require_gradient_matches(d, l,
+                             loss_test::host_loss(balancing::MegatronSeqAuxLoss{.moe_router_topk = k,
+                                                                                .moe_aux_loss_coeff = lambda,
+                                                                                .batch = batch,
+                                                                                .seq_len = tokens / batch},
+                                                  l, run));
+  }
   SECTION("global, second micro-batch") {
     std::vector<long long> C = {5, 0, 2, 7, 1, 1, 4};
     balancing::GlobalAuxState state{C.data(), experts, 1};

@@ -38,11 +38,13 @@ struct DeepSeekV3SeqLoss {
     }
     return detail::check_mask_entries(tokens, valid_entries);
   }
+  // (Also called, for a workspace size, with parameters not yet validated: never divides by 0.)
   [[nodiscard]] FpForm fp_form(std::int64_t tokens, int experts) const {
+    int const b = batch >= 1 ? batch : 1;
     FpForm f = detail::whole_batch_form(LossScore::nsigmoid, experts, num_experts_per_tok, tokens,
-                                        double(aux_loss_alpha) * experts / batch);
-    f.groups = batch;
-    f.group_len = detail::sequence_length(batch, seq_len, tokens);
+                                        double(aux_loss_alpha) * experts / b);
+    f.groups = b;
+    f.group_len = detail::sequence_length(b, seq_len, tokens);
     f.seq_major = layout == SequenceLayout::seq_major;
     return f;
   }

@@ -47,10 +47,11 @@ struct HfLoadBalancingLoss {
     }
     return Status::ok;
   }
+  // (Also called, for a workspace size, with parameters not yet validated: never divides by 0.)
   [[nodiscard]] FpForm fp_form(std::int64_t tokens, int experts) const {
     FpForm f = detail::whole_batch_form(LossScore::softmax, experts, num_experts_per_tok, tokens,
                                         double(router_aux_loss_coef) * experts * num_experts_per_tok);
-    f.mask_period = tokens / num_layers;
+    f.mask_period = num_layers >= 1 ? tokens / num_layers : tokens;
     return f;
   }
 };

@@ -40,11 +40,13 @@ struct MegatronSeqAuxLoss {
     }
     return detail::check_mask_entries(tokens, valid_entries);
   }
+  // (Also called, for a workspace size, with parameters not yet validated: never divides by 0.)
   [[nodiscard]] FpForm fp_form(std::int64_t tokens, int experts) const {
+    int const b = batch >= 1 ? batch : 1;
     FpForm f =
-        detail::whole_batch_form(score, experts, moe_router_topk, tokens, double(moe_aux_loss_coeff) * experts / batch);
-    f.groups = batch;
-    f.group_len = detail::sequence_length(batch, seq_len, tokens);
+        detail::whole_batch_form(score, experts, moe_router_topk, tokens, double(moe_aux_loss_coeff) * experts / b);
+    f.groups = b;
+    f.group_len = detail::sequence_length(b, seq_len, tokens);
     f.seq_major = layout == SequenceLayout::seq_major;
     return f;
   }

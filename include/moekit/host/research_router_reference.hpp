@@ -171,7 +171,7 @@ template <int MaxExperts>
     }
     int slot = 0;
     for (int rank = 0; rank < n; ++rank) {
-      if (keep[rank]) {
+      if (keep[rank] && z[order[rank]] != -INFINITY) {  // -inf masks the expert (§0), even when broadcast
         research_detail::write_slot(b, t, slot++, order[rank], p[order[rank]]);
       }
     }

@@ -107,10 +107,13 @@ template <class RankedProbability>
   }
   auto ranked = [&](int r) { return p(static_cast<int>(mask[r])); };
   int const kept = dynmole_kept_ranks(ranked, experts, entropy, rule);
+  int count = 0;
   for (int e = 0; e < experts; ++e) {
-    mask[e] = expert_rank(logits, experts, e) < kept ? 1.f : 0.f;
+    bool const keep = expert_rank(logits, experts, e) < kept && logits[e] != -INFINITY;  // -inf masks (§0)
+    mask[e] = keep ? 1.f : 0.f;
+    count += keep ? 1 : 0;
   }
-  return kept;
+  return count;
 }
 
 template <int MaxExperts = 256>
@@ -169,7 +172,9 @@ struct DynMoLE {
     float const entropy = dynmole_entropy(p, n, rule.entropy_index, rule.entropy_eps);
     int const kept = dynmole_kept_ranks([&](int r) { return p(ids[r]); }, n, entropy, rule);
     for (int r = 0; r < n; ++r) {
-      if (r < kept) {
+      // A -inf logit masks its expert (§0), even under keep_top_k or broadcast (as the DynMoLE
+      // loss decides): -inf ranks after every number, so such slots are the kept prefix's tail.
+      if (r < kept && logits[ids[r]] != -INFINITY) {
         weights[r] = p(ids[r]);
       } else {
         ids[r] = n;

@@ -4,8 +4,8 @@
 // this one includes them all. Every per-token router has an overload
 // `Status host::reference_route(router, routing::RouteBuffers<MemorySpace::host> const&)`.
 
-#include "moekit/host/balance_loss_reference.hpp"
 #include "moekit/host/adaptive_loss_reference.hpp"
+#include "moekit/host/balance_loss_reference.hpp"
 #include "moekit/host/batch_router_reference.hpp"
 #include "moekit/host/top_k_reference.hpp"
 #include "moekit/host/plan_reference.hpp"

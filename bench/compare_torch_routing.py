@@ -47,6 +47,9 @@ ROUTERS = {
     "gpt_oss": dict(E=128, K=4, kind="gpt_oss"),
     "llama4": dict(E=16, K=1, kind="llama4"),
     "deepseek_v3": dict(E=256, K=8, kind="deepseek_v3", n_group=8, topk_group=4, scale=2.5),
+    "adamoe": dict(E=24, K=4, kind="adamoe", true_experts=8),
+    "mc_moe_odp": dict(E=8, K=2, kind="top_any_ratio", beta=0.5),
+    "dynmole": dict(E=8, K=8, kind="dynmole", q=1.1, tau=0.9, top_p=0.75, keep_top_k=2, eps=1e-5),
 }
 TILE = 16
 M64 = np.uint64(0xFFFFFFFFFFFFFFFF)
@@ -85,6 +88,29 @@ def route(cfg, z, bias):
     elif cfg["kind"] == "llama4":
         v, i = torch.topk(z, k, dim=-1)
         w = torch.sigmoid(v)
+    elif cfg["kind"] == "adamoe":  # top-k over true + null, renormalised over the true ones
+        p = torch.softmax(z, dim=-1)
+        w, i = torch.topk(p, k, dim=-1)
+        w = w * (i < cfg["true_experts"])
+        total = w.sum(dim=-1, keepdim=True)
+        w = w / torch.where(total > 0, total, torch.ones_like(total))
+    elif cfg["kind"] == "top_any_ratio":  # MC-MoE ODP: drop slot s >= 1 when p_s < beta * p_0
+        p = torch.softmax(z, dim=-1)
+        w, i = torch.topk(p, k, dim=-1)
+        keep = w >= cfg["beta"] * w[:, :1]
+        w = torch.where(keep, w, torch.zeros_like(w))
+        w = w / w.sum(dim=-1, keepdim=True)
+        i = torch.where(keep, i, torch.full_like(i, cfg["E"]))
+    elif cfg["kind"] == "dynmole":  # top-p (<=) with a minimum k, broadcast above the entropy threshold
+        e, q = cfg["E"], cfg["q"]
+        p = torch.softmax(z, dim=-1)
+        sp, i = torch.sort(p, dim=-1, descending=True, stable=True)
+        rank = torch.arange(e)
+        keep = (torch.cumsum(sp, dim=-1) <= cfg["top_p"]) | (rank < cfg["keep_top_k"])
+        entropy = (1 - ((p + cfg["eps"]) ** q).sum(dim=-1)) / (1 - e ** (1 - q))
+        keep = keep | (entropy > cfg["tau"]).unsqueeze(-1)
+        w = torch.where(keep, sp, torch.zeros_like(sp))
+        i = torch.where(keep, i, torch.full_like(i, e))
     else:  # DeepSeek-V3 noaux_tc
         t, e, g = z.shape[0], cfg["E"], cfg["n_group"]
         s = torch.sigmoid(z)
@@ -102,6 +128,7 @@ def route(cfg, z, bias):
 def build_plan(ids, experts):
     """vLLM/Megatron-style plan: stable sort by expert, counts, tile-padded offsets."""
     flat = ids.flatten()
+    flat = flat[flat < experts]  # empty slots (id E) take no row
     order = torch.argsort(flat, stable=True)
     counts = torch.bincount(flat, minlength=experts)
     padded = (counts + TILE - 1) // TILE * TILE

@@ -17,7 +17,10 @@
 
 #include "moekit/cpu/plan.hpp"
 #include "moekit/cpu/route.hpp"
+#include "moekit/routing/dynmole.hpp"
 #include "moekit/routing/grouped_top_k.hpp"
+#include "moekit/routing/null_experts.hpp"
+#include "moekit/routing/top_any.hpp"
 #include "moekit/routing/top_k.hpp"
 
 namespace {
@@ -112,6 +115,11 @@ int main(int argc, char** argv) {
   register_router("gpt_oss", routing::gpt_oss_router(128, 4));
   register_router("llama4", routing::llama4_router(16));
   register_router("deepseek_v3", routing::deepseek_v3_router(256, 8, 8, 4, 2.5f, v3_bias().data()));
+  // Research routers: AdaMoE on Mixtral (8 true + 16 null experts, k = 4), MC-MoE ODP (top-2,
+  // beta 0.5), DynMoLE with its defaults over 8 experts.
+  register_router("adamoe", routing::adamoe_router(8, 16, 4));
+  register_router("mc_moe_odp", routing::mc_moe_odp_router(8, 2, 0.5f));
+  register_router("dynmole", routing::DynMoLE<8>{.experts = 8});
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) {
     return 1;

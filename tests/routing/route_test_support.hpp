@@ -19,10 +19,8 @@
 #include "moekit/core/status.hpp"
 #include "moekit/cpu/route.hpp"
 #include "moekit/emu/launch_config.hpp"
-#include "moekit/host/top_k_reference.hpp"
-#if __has_include("moekit/host/research_router_reference.hpp")
 #include "moekit/host/research_router_reference.hpp"
-#endif
+#include "moekit/host/top_k_reference.hpp"
 #include "moekit/routing/route.hpp"
 
 namespace route_test {

@@ -71,12 +71,22 @@ template <int MaxK>
       detail::softmax_normalisers8(&b.logits(t, 0), b.logits.stride(0), router.experts, max, denominator);
       detail::for_each_token(router, b, t, t + lanes, [&](std::int64_t u, float const* z, int* id, float* w) {
         routing::SoftmaxNormaliser const n{max[u - t], denominator[u - t]};
-        router.route_row(z, &n, id, w);
+        int chosen[MaxK] = {};
+        detail::top_k_row<MaxK>(z, router.experts, router.k, chosen);
+        router.route_row(z, &n, chosen, id, w);
       });
     }
   }
-  detail::for_each_token(router, b, t, tokens,
-                         [&](std::int64_t u, float const* z, int* id, float* w) { router.route_token(u, z, id, w); });
+  bool const plain = !router.round_logits_to_bf16;
+  detail::for_each_token(router, b, t, tokens, [&](std::int64_t u, float const* z, int* id, float* w) {
+    if (!plain) {
+      router.route_token(u, z, id, w);
+      return;
+    }
+    int chosen[MaxK] = {};
+    detail::top_k_row<MaxK>(z, router.experts, router.k, chosen);
+    router.route_row(z, nullptr, chosen, id, w);
+  });
   return Status::ok;
 }
 

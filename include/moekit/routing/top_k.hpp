@@ -57,19 +57,25 @@ struct TopK {
   }
 
   MOEKIT_HOST_DEVICE void route_token(std::int64_t, float const* logits, int* ids, float* weights) const noexcept {
-    route_row(logits, nullptr, ids, weights);
+    route_row(logits, nullptr, nullptr, ids, weights);
   }
 
-  // route_token with the row's softmax maximum and denominator given, when the caller has
-  // computed them with the same arithmetic (the CPU path does, eight tokens side by side);
-  // null: computed here. Used only for softmax scoring without bf16 rounding.
-  MOEKIT_HOST_DEVICE void route_row(float const* logits, SoftmaxNormaliser const* given, int* ids,
+  // route_token with parts computed by the caller with the same arithmetic (the CPU path's
+  // vectorised passes): `given` the row's softmax maximum and denominator, `selected` the k
+  // chosen experts in selection order; null: computed here. Only without bf16 rounding.
+  MOEKIT_HOST_DEVICE void route_row(float const* logits, SoftmaxNormaliser const* given, int const* selected, int* ids,
                                     float* weights) const noexcept {
     bool const round = round_logits_to_bf16;
     auto logit = [logits, round](int e) { return round ? round_to_bf16(logits[e]) : logits[e]; };
-    int chosen[MaxK];
-    top_k<MaxK>(
-        experts, k, logit, [](int e) { return e; }, chosen);
+    int chosen[MaxK] = {};
+    if (selected != nullptr) {
+      for (int j = 0; j < k; ++j) {
+        chosen[j] = selected[j];
+      }
+    } else {
+      top_k<MaxK>(
+          experts, k, logit, [](int e) { return e; }, chosen);
+    }
 
     float w[MaxK];
     if (scoring == ScoreFunction::softmax) {

@@ -9,6 +9,7 @@
 
 #include "moekit/config.hpp"
 #include "moekit/core/fp32_math.hpp"
+#include "moekit/routing/ranking.hpp"
 
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
@@ -112,6 +113,53 @@ inline void softmax_normalisers8(float const* rows, std::int64_t stride, int exp
     }
     max[l] = m;
     denominator[l] = sum;
+  }
+}
+
+// routing::top_k over a row of n finite-or-(-inf) keys (the CPU path refuses NaN and +inf):
+// the same selection, with eight keys compared against the current k-th at a time, so most of
+// the row is rejected without a branch per key.
+template <int MaxK>
+void top_k_row(float const* keys, int n, int k, int* chosen) noexcept {
+  float best_key[MaxK] = {};
+  int best[MaxK] = {};
+  int count = 0;
+  auto insert = [&](int e) {
+    float const v = keys[e];
+    if (count == k && !routing::ranks_before(v, e, best_key[k - 1], best[k - 1])) {
+      return;
+    }
+    int pos = count < k ? count++ : k - 1;
+    if constexpr (MaxK > 1) {
+      while (pos > 0 && routing::ranks_before(v, e, best_key[pos - 1], best[pos - 1])) {
+        best_key[pos] = best_key[pos - 1];
+        best[pos] = best[pos - 1];
+        --pos;
+      }
+    }
+    best_key[pos] = v;
+    best[pos] = e;
+  };
+  int e = 0;
+  for (; e < n && count < k; ++e) {
+    insert(e);
+  }
+#if MOEKIT_CPU_SIMD_AVX2
+  for (; e + simd_lanes <= n; e += simd_lanes) {
+    // Only keys >= the k-th can enter (an equal key has a larger index and loses the tie).
+    int mask =
+        _mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(keys + e), _mm256_set1_ps(best_key[k - 1]), _CMP_GT_OQ));
+    while (mask != 0) {
+      insert(e + __builtin_ctz(static_cast<unsigned>(mask)));
+      mask &= mask - 1;
+    }
+  }
+#endif
+  for (; e < n; ++e) {
+    insert(e);
+  }
+  for (int j = 0; j < count; ++j) {
+    chosen[j] = best[j];
   }
 }
 

@@ -345,7 +345,8 @@ TEST_CASE("fP losses: host reference and device path agree, deterministically", 
   auto const padded = GENERATE(0, 30);
   CAPTURE(shape.tokens, shape.experts, shape.k, loss_test::name(pattern), padded);
   if (shape.experts * shape.tokens > 30000 && pattern != Pattern::random && pattern != Pattern::ties) {
-    return;  // keep the emulated runtime low: the big shape runs the two patterns that matter most
+    SUCCEED("skipped: the big shapes run only the random and ties patterns (emulated runtime)");
+    return;
   }
   Logits const l = loss_test::make_logits(shape.tokens, shape.experts, pattern,
                                           static_cast<std::uint32_t>(shape.tokens * 31 + shape.experts));

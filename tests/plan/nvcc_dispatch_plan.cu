@@ -3,7 +3,7 @@
 
 namespace moekit::plan {
 // Referencing the kernels makes nvcc emit them; the host stub is never called.
-void* const dispatch_plan_kernels[] = {reinterpret_cast<void*>(&plan_count_kernel),
-                                       reinterpret_cast<void*>(&plan_scan_kernel),
-                                       reinterpret_cast<void*>(&plan_scatter_kernel)};
+void* const dispatch_plan_kernels[] = {reinterpret_cast<void*>(&plan_count_kernel<plan_chunk>),
+                                       reinterpret_cast<void*>(&plan_scan_kernel<plan_chunk>),
+                                       reinterpret_cast<void*>(&plan_scatter_kernel<plan_chunk>)};
 }  // namespace moekit::plan

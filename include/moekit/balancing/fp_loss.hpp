@@ -29,6 +29,7 @@
 #include "moekit/config.hpp"
 #include "moekit/core/error_message.hpp"
 #include "moekit/core/fp32_math.hpp"
+#include "moekit/core/ranking.hpp"
 #include "moekit/core/status.hpp"
 
 MOEKIT_NAMESPACE_BEGIN
@@ -119,22 +120,8 @@ template <LossScore Score>
   }
 }
 
-// The counting set U_t (§2.0): the K_f largest logits, ties to the lower index, NaN below every
-// number and below -inf (§0). The rule is routing/ranking.hpp's; it is restated here because
-// balancing/ may not include routing/ (DESIGN.md §2).
-[[nodiscard]] MOEKIT_HOST_DEVICE constexpr bool logit_ranks_before(float a, int index_a, float b,
-                                                                   int index_b) noexcept {
-  bool const a_nan = a != a;
-  bool const b_nan = b != b;
-  if (a_nan || b_nan) {
-    return a_nan && b_nan ? index_a < index_b : b_nan;
-  }
-  if (a != b) {
-    return a > b;
-  }
-  return index_a < index_b;
-}
-
+// The counting set U_t (§2.0): the K_f largest logits, ranked by the §0 rule (core/ranking.hpp):
+// ties to the lower index, NaN below every number and below -inf.
 struct RankedLogit {
   float key;
   int index;
@@ -148,8 +135,8 @@ struct RankedLogit {
     RankedLogit best{0.f, -1};
     for (int e = 0; e < n; ++e) {
       float const v = z[e];
-      bool const after_previous = previous.index < 0 || logit_ranks_before(previous.key, previous.index, v, e);
-      if (after_previous && (best.index < 0 || logit_ranks_before(v, e, best.key, best.index))) {
+      bool const after_previous = previous.index < 0 || ranks_before(previous.key, previous.index, v, e);
+      if (after_previous && (best.index < 0 || ranks_before(v, e, best.key, best.index))) {
         best = {v, e};
       }
     }
@@ -160,7 +147,7 @@ struct RankedLogit {
 
 // Is expert e (logit v) in the top-k set whose k-th member is `kth`?
 [[nodiscard]] MOEKIT_HOST_DEVICE constexpr bool in_counting_set(float v, int e, RankedLogit kth) noexcept {
-  return e == kth.index || logit_ranks_before(v, e, kth.key, kth.index);
+  return e == kth.index || ranks_before(v, e, kth.key, kth.index);
 }
 
 // What a policy reduces to for a problem of T tokens and E experts (see the top of this file).

@@ -68,6 +68,9 @@ struct PlanIds {
   [[nodiscard]] MOEKIT_HOST_DEVICE std::int64_t assignments() const noexcept { return tokens * slots; }
 };
 
+// The kernels are templates (on the chunk size, always plan_chunk) so that a header defining them
+// can be included by several translation units: nvcc ignores `inline` on __global__ functions.
+template <int Chunk>
 MOEKIT_KERNEL void MOEKIT_LAUNCH_BOUNDS(plan_chunk_block_threads, 1)
     plan_count_kernel(PlanIds ids, std::int64_t chunks, int* chunk_counts, Diagnostics* diagnostics) {
   unsigned const lane = arch::lane_id();
@@ -80,7 +83,7 @@ MOEKIT_KERNEL void MOEKIT_LAUNCH_BOUNDS(plan_chunk_block_threads, 1)
       counts[e] = 0;
     }
     arch::sync_warp();
-    for (std::int64_t a = c * plan_chunk + lane; a < (c + 1) * plan_chunk && a < ids.assignments(); a += 32) {
+    for (std::int64_t a = c * Chunk + lane; a < (c + 1) * Chunk && a < ids.assignments(); a += 32) {
       int const id = ids(a);
       if (id >= 0 && id < ids.experts) {
         arch::atomic_add(&counts[id], 1);
@@ -120,6 +123,7 @@ struct PlanScanArgs {
   Diagnostics* diagnostics;
 };
 
+template <int Chunk>
 MOEKIT_KERNEL void MOEKIT_LAUNCH_BOUNDS(plan_scan_threads, 1) plan_scan_kernel(PlanScanArgs a) {
   auto& smem = arch::shared_storage<PlanScanStorage>();
   long long row_carry = 0, tile_carry = 0;
@@ -168,6 +172,7 @@ MOEKIT_KERNEL void MOEKIT_LAUNCH_BOUNDS(plan_scan_threads, 1) plan_scan_kernel(P
   }
 }
 
+template <int Chunk>
 MOEKIT_KERNEL void MOEKIT_LAUNCH_BOUNDS(plan_chunk_block_threads, 1)
     plan_scatter_kernel(PlanIds ids, std::int64_t chunks, long long* chunk_cursor, std::int64_t const* expert_offsets,
                         long long capacity, std::int64_t* row_assignment, std::int64_t* assignment_row) {
@@ -177,7 +182,7 @@ MOEKIT_KERNEL void MOEKIT_LAUNCH_BOUNDS(plan_chunk_block_threads, 1)
   for (std::int64_t c = std::int64_t{arch::block_rank()} * plan_warps_per_block + arch::warp_id(); c < chunks;
        c += warps) {
     long long* cursor = chunk_cursor + c * ids.experts;
-    for (std::int64_t group = c * plan_chunk; group < (c + 1) * plan_chunk && group < ids.assignments(); group += 32) {
+    for (std::int64_t group = c * Chunk; group < (c + 1) * Chunk && group < ids.assignments(); group += 32) {
       std::int64_t const a = group + lane;
       int const id = a < ids.assignments() ? ids(a) : -1;
       bool const routed = id >= 0 && id < ids.experts;
@@ -230,7 +235,8 @@ MOEKIT_KERNEL void MOEKIT_LAUNCH_BOUNDS(plan_chunk_block_threads, 1)
   }
   arch::KernelLaunch const chunk_launch{.grid = static_cast<unsigned>(blocks), .block = plan_chunk_block_threads};
   if (chunks > 0) {
-    if (Status s = arch::launch(plan_count_kernel, chunk_launch, stream, view, chunks, w.chunk_counts, diagnostics);
+    if (Status s = arch::launch(plan_count_kernel<plan_chunk>, chunk_launch, stream, view, chunks, w.chunk_counts,
+                                diagnostics);
         !s) {
       return s;
     }
@@ -251,14 +257,14 @@ MOEKIT_KERNEL void MOEKIT_LAUNCH_BOUNDS(plan_chunk_block_threads, 1)
                           diagnostics};
   arch::KernelLaunch const scan_launch{
       .grid = 1, .block = plan_scan_threads, .dynamic_shared_bytes = sizeof(PlanScanStorage)};
-  if (Status s = arch::launch(plan_scan_kernel, scan_launch, stream, scan); !s) {
+  if (Status s = arch::launch(plan_scan_kernel<plan_chunk>, scan_launch, stream, scan); !s) {
     return s;
   }
   if (chunks == 0) {
     return Status::ok;
   }
-  return arch::launch(plan_scatter_kernel, chunk_launch, stream, view, chunks, w.chunk_cursor, out.expert_offsets,
-                      scan.capacity, out.row_assignment, out.assignment_row);
+  return arch::launch(plan_scatter_kernel<plan_chunk>, chunk_launch, stream, view, chunks, w.chunk_cursor,
+                      out.expert_offsets, scan.capacity, out.row_assignment, out.assignment_row);
 }
 
 MOEKIT_ARCH_NAMESPACE_END

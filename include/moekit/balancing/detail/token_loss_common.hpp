@@ -13,6 +13,8 @@
 #include "moekit/config.hpp"
 #include "moekit/core/error_message.hpp"
 #include "moekit/core/fp32_math.hpp"
+#include "moekit/core/ranking.hpp"
+#include "moekit/core/softmax.hpp"
 #include "moekit/core/status.hpp"
 #include "moekit/core/tensor_view.hpp"
 
@@ -20,18 +22,8 @@ MOEKIT_NAMESPACE_BEGIN
 namespace balancing {
 namespace detail::token_loss {
 
-// True when (a, index_a) ranks before (b, index_b).
-[[nodiscard]] MOEKIT_HOST_DEVICE constexpr bool ranks_before(float a, int index_a, float b, int index_b) noexcept {
-  bool const a_nan = a != a;
-  bool const b_nan = b != b;
-  if (a_nan || b_nan) {
-    return a_nan && b_nan ? index_a < index_b : b_nan;
-  }
-  if (a != b) {
-    return a > b;
-  }
-  return index_a < index_b;
-}
+// The ranking rule of §0 (core/ranking.hpp).
+using moekit::ranks_before;
 
 // The expert ranked right after `prev` (prev < 0: the first), or -1 when none is left. O(n).
 [[nodiscard]] MOEKIT_HOST_DEVICE inline int next_ranked(float const* z, int n, int prev) noexcept {
@@ -79,19 +71,12 @@ namespace detail::token_loss {
 struct Softmax {
   float max;
   float denominator;
-  [[nodiscard]] MOEKIT_HOST_DEVICE float p(float z) const noexcept { return fp32::exp(z - max) / denominator; }
+  [[nodiscard]] MOEKIT_HOST_DEVICE float p(float z) const noexcept { return softmax_entry(z, {max, denominator}); }
 };
 
 [[nodiscard]] MOEKIT_HOST_DEVICE inline Softmax softmax_of(float const* z, int n) noexcept {
-  float m = z[0];
-  for (int e = 1; e < n; ++e) {
-    m = z[e] > m ? z[e] : m;
-  }
-  float sum = 0.f;
-  for (int e = 0; e < n; ++e) {
-    sum += fp32::exp(z[e] - m);
-  }
-  return {m, sum};
+  SoftmaxNormaliser const s = softmax_normaliser(z, n);
+  return {s.max, s.denominator};
 }
 
 // What the per-token pass keeps for the gradient pass: the softmax, a per-token scalar (an

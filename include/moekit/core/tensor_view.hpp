@@ -66,6 +66,11 @@ struct TensorView {
   [[nodiscard]] MOEKIT_HOST_DEVICE constexpr T& operator()(I... index) const noexcept {
     return data[offset(index...)];
   }
+  // The address of an element, without forming a reference (valid for an empty view too).
+  template <class... I>
+  [[nodiscard]] MOEKIT_HOST_DEVICE constexpr T* pointer(I... index) const noexcept {
+    return data + offset(index...);
+  }
 
   // Dense with the last dimension contiguous (what most kernels require).
   [[nodiscard]] MOEKIT_HOST_DEVICE constexpr bool is_row_major() const noexcept {

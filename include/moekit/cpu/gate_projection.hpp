@@ -60,9 +60,9 @@ template <routing::GateElement X, routing::GateElement W>
   }
 
   for (std::int64_t t = 0; t < tokens; ++t) {
-    X const* x = &b.hidden(t, 0);
+    X const* x = b.hidden.pointer(t, 0);
     for (std::int64_t e = 0; e < experts; ++e) {
-      W const* w = &b.weight(e, 0);
+      W const* w = b.weight.pointer(e, 0);
       float acc = 0.f;
       for (std::int64_t h = 0; h < hidden; ++h) {
         acc = std::fmaf(to_float(x[h]), to_float(w[h]), acc);

@@ -36,13 +36,13 @@ void for_each_token(R const& router, routing::RouteBuffers<MemorySpace::host> co
                     std::int64_t end, Route const& route) {
   int const experts = router.num_experts();
   for (std::int64_t t = begin; t < end; ++t) {
-    int* id = &b.ids(t, 0);
-    float* w = &b.weights(t, 0);
+    int* id = b.ids.pointer(t, 0);
+    float* w = b.weights.pointer(t, 0);
     for (int j = 0; j < router.slots(); ++j) {
       id[j] = experts;
       w[j] = 0.f;
     }
-    route(t, &b.logits(t, 0), id, w);
+    route(t, b.logits.pointer(t, 0), id, w);
   }
 }
 }  // namespace detail
@@ -68,7 +68,7 @@ template <int MaxK>
     constexpr int lanes = detail::simd_lanes;
     for (; t + lanes <= tokens; t += lanes) {
       float max[lanes], denominator[lanes];
-      detail::softmax_normalisers8(&b.logits(t, 0), b.logits.stride(0), router.experts, max, denominator);
+      detail::softmax_normalisers8(b.logits.pointer(t, 0), b.logits.stride(0), router.experts, max, denominator);
       detail::for_each_token(router, b, t, t + lanes, [&](std::int64_t u, float const* z, int* id, float* w) {
         routing::SoftmaxNormaliser const n{max[u - t], denominator[u - t]};
         int chosen[MaxK] = {};
@@ -118,7 +118,8 @@ template <class R>
     return s;
   }
   for (std::int64_t t = 0; t < b.logits.extent(0); ++t) {
-    backward_token(router, &b.logits(t, 0), &b.ids(t, 0), &b.weight_grad(t, 0), &b.logit_grad(t, 0));
+    backward_token(router, b.logits.pointer(t, 0), b.ids.pointer(t, 0), b.weight_grad.pointer(t, 0),
+                   b.logit_grad.pointer(t, 0));
   }
   return Status::ok;
 }

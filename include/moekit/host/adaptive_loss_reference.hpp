@@ -159,7 +159,7 @@ inline bool is_valid(std::uint8_t const* valid, std::int64_t t) { return valid =
       continue;
     }
     ++n;
-    float const* z = &in.logits(t, 0);
+    float const* z = in.logits.pointer(t, 0);
     std::vector<double> const p = d::softmax(z, experts);
     double h = 0.0;
     for (int e = 0; e < experts; ++e) {
@@ -255,7 +255,7 @@ inline bool is_valid(std::uint8_t const* valid, std::int64_t t) { return valid =
       continue;
     }
     ++n;
-    float const* z = &in.logits(t, 0);
+    float const* z = in.logits.pointer(t, 0);
     std::vector<double> const p = d::softmax(z, experts);
     std::vector<double> const lp = d::log_softmax(z, experts);
     double h = 0.0;
@@ -285,7 +285,7 @@ inline bool is_valid(std::uint8_t const* valid, std::int64_t t) { return valid =
       if (!d::is_valid(in.valid, t)) {
         continue;
       }
-      float const* z = &in.logits(t, 0);
+      float const* z = in.logits.pointer(t, 0);
       std::vector<double> const p = d::softmax(z, experts);
       std::vector<double> const lp = d::log_softmax(z, experts);
       double fbar = 0.0;

@@ -230,7 +230,7 @@ template <class T>
           }
         }
       }
-      float const v = from_x ? depth_reference::lane_dot_fp32(&b.x(s, i, 0), b.weight.data, H) : b.scores(s, i);
+      float const v = from_x ? depth_reference::lane_dot_fp32(b.x.pointer(s, i, 0), b.weight.data, H) : b.scores(s, i);
       if (std::isnan(v) || v == INFINITY) {
         return error(Status::invalid_argument,
                      "MixtureOfDepths: non-finite routing score at sequence %lld, position %lld",
@@ -337,7 +337,7 @@ template <class T>
                            static_cast<long long>(s), static_cast<long long>(i));
             }
           }
-          v = depth_reference::lane_dot_fp32(&b.x(s, i, 0), &b.weight(c, 0), H);
+          v = depth_reference::lane_dot_fp32(b.x.pointer(s, i, 0), b.weight.pointer(c, 0), H);
         } else {
           v = b.logits(s, i, c);
         }

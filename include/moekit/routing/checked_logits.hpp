@@ -19,7 +19,7 @@ namespace routing {
 template <class T>
 [[nodiscard]] Status check_logits_finite(HostTensor<T const, 2> logits, char const* what = "router logits") {
   for (std::int64_t t = 0; t < logits.extent(0); ++t) {
-    T const* row = &logits(t, 0);
+    T const* row = logits.pointer(t, 0);
     std::int64_t const stride = logits.extent(1) > 1 ? logits.stride(1) : 1;
     // A branch-free pass first (it vectorises on contiguous fp32 rows); the slow loop below only
     // names the culprit. Bit tests: NaN and +inf have an all-ones exponent, -inf is 0xff800000.

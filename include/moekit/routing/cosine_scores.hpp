@@ -319,8 +319,8 @@ inline void similarity_score_gradient(Similarity similarity, float scale, float 
   for (std::int64_t t = 0; t < tokens; ++t) {
     for (std::int64_t e = 0; e < count; ++e) {
       double const g = grad_scores(t, e);
-      detail::similarity_score_gradient_fp64(similarity, scale, &x(t, 0), &prototypes(e, 0), hidden, dx.data(),
-                                             dp.data());
+      detail::similarity_score_gradient_fp64(similarity, scale, x.pointer(t, 0), prototypes.pointer(e, 0), hidden,
+                                             dx.data(), dp.data());
       for (std::size_t h = 0; h < h_size; ++h) {
         if (want_x) {
           acc_x[static_cast<std::size_t>(t) * h_size + h] += g * dx[h];

@@ -569,7 +569,8 @@ template <class T>
   }
   for (std::int64_t s = 0; s < sh.batch; ++s) {
     for (std::int64_t i = 0; i < sh.length; ++i) {
-      float const v = from_x ? depth_detail::lane_order_dot(&b.x(s, i, 0), b.weight.data, sh.hidden) : b.scores(s, i);
+      float const v =
+          from_x ? depth_detail::lane_order_dot(b.x.pointer(s, i, 0), b.weight.data, sh.hidden) : b.scores(s, i);
       if (depth_detail::is_bad_score(v)) {
         return error(Status::invalid_argument,
                      "MixtureOfDepths: non-finite routing score %g at sequence %lld, position %lld", double(v),
@@ -1030,7 +1031,8 @@ template <class T>
       return s;
     }
     for (std::int64_t c = 0; c < 2; ++c) {
-      if (Status s = depth_detail::check_finite_weights(&b.weight(c, 0), sh.hidden, "GammaMod", "router weight"); !s) {
+      if (Status s = depth_detail::check_finite_weights(b.weight.pointer(c, 0), sh.hidden, "GammaMod", "router weight");
+          !s) {
         return s;
       }
     }
@@ -1041,7 +1043,8 @@ template <class T>
     for (std::int64_t i = 0; i < sh.length; ++i) {
       float v[2];
       for (int c = 0; c < 2; ++c) {
-        v[c] = from_x ? depth_detail::lane_order_dot(&b.x(s, i, 0), &b.weight(c, 0), sh.hidden) : b.logits(s, i, c);
+        v[c] = from_x ? depth_detail::lane_order_dot(b.x.pointer(s, i, 0), b.weight.pointer(c, 0), sh.hidden)
+                      : b.logits(s, i, c);
         if (depth_detail::is_bad_score(v[c])) {
           return error(Status::invalid_argument,
                        "GammaMod: non-finite router logit %g at sequence %lld, position %lld, logit %d", double(v[c]),

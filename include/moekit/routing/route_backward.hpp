@@ -25,7 +25,8 @@ MOEKIT_KERNEL void MOEKIT_LAUNCH_BOUNDS(128, 1)
   std::int64_t const stride = std::int64_t{arch::grid_dim().x} * 128;
   for (std::int64_t t = std::int64_t{arch::block_rank()} * 128 + arch::thread_rank(); t < b.logits.extent(0);
        t += stride) {
-    backward_token(router, &b.logits(t, 0), &b.ids(t, 0), &b.weight_grad(t, 0), &b.logit_grad(t, 0));
+    backward_token(router, b.logits.pointer(t, 0), b.ids.pointer(t, 0), b.weight_grad.pointer(t, 0),
+                   b.logit_grad.pointer(t, 0));
   }
 }
 

@@ -8,6 +8,7 @@
 #include "moekit/host/balance_loss_reference.hpp"
 #include "moekit/host/batch_router_reference.hpp"
 #include "moekit/host/depth_router_reference.hpp"
+#include "moekit/host/expert_reference.hpp"
 #include "moekit/host/gate_projection_reference.hpp"
 #include "moekit/host/plan_reference.hpp"
 #include "moekit/host/research_router_reference.hpp"

@@ -657,3 +657,66 @@ TEST_CASE("bad inputs return invalid_argument with a message and leave outputs u
         Status::invalid_argument);
   CHECK(gx == std::vector<float>(2, -7.f));
 }
+
+TEST_CASE("LoRA backward matches central differences of the double formula", "[cpu][core][experts]") {
+  std::mt19937 rng(31);
+  constexpr int T = 3, Din = 5, R = 2, Dout = 4;
+  for (auto scaling : {host::LoraScaling::standard, host::LoraScaling::rank_stabilized}) {
+    std::vector<float> const x = random_vector(rng, T * Din, 1.f), w = random_vector(rng, T, 1.f),
+                             a = random_vector(rng, R * Din, 0.5f), b = random_vector(rng, Dout * R, 0.5f),
+                             gy = random_vector(rng, T * Dout, 1.f);
+    double const alpha = 3.0;
+    std::vector<float> gx(T * Din), ga(R * Din), gb(Dout * R), gw(T);
+    REQUIRE(host::reference_lora_backward(
+                v2(x, T, Din), v1(w), v2(a, R, Din), v2(b, Dout, R), alpha, scaling, v2(gy, T, Dout),
+                host::LoraGradients{out2(gx, T, Din), out2(ga, R, Din), out2(gb, Dout, R), out1(gw)}) == Status::ok);
+    // L = Σ_t <g_t, w_t s B A x_t>, written out in double.
+    double const s = scaling == host::LoraScaling::standard ? alpha / R : alpha / std::sqrt(double(R));
+    struct P {
+      std::vector<double> x, w, a, b;
+    };
+    auto loss = [&](P const& p) {
+      double l = 0;
+      for (int t = 0; t < T; ++t) {
+        for (int o = 0; o < Dout; ++o) {
+          double y = 0;
+          for (int k = 0; k < R; ++k) {
+            double u = 0;
+            for (int i = 0; i < Din; ++i) u += p.a[std::size_t(k * Din + i)] * p.x[std::size_t(t * Din + i)];
+            y += p.b[std::size_t(o * R + k)] * u;
+          }
+          l += gy[std::size_t(t * Dout + o)] * p.w[std::size_t(t)] * s * y;
+        }
+      }
+      return l;
+    };
+    P const p0{widen(x), widen(w), widen(a), widen(b)};
+    double const step = 1e-6;
+    auto check = [&](std::vector<double> P::*member, std::vector<float> const& got, char const* what) {
+      int bad = 0;
+      for (std::size_t i = 0; i < got.size(); ++i) {
+        P plus = p0, minus = p0;
+        (plus.*member)[i] += step;
+        (minus.*member)[i] -= step;
+        double const fd = (loss(plus) - loss(minus)) / (2 * step);
+        if (std::fabs(got[i] - fd) > 1e-6 * (1 + std::fabs(fd))) {  // same bound as the expert backward
+          ++bad;
+          UNSCOPED_INFO(what << "[" << i << "]: reference " << got[i] << ", finite difference " << fd);
+        }
+      }
+      CHECK(bad == 0);
+    };
+    check(&P::x, gx, "grad x");
+    check(&P::w, gw, "grad weight");
+    check(&P::a, ga, "grad A");
+    check(&P::b, gb, "grad B");
+  }
+  // A gradient view of the wrong shape: invalid_argument, nothing written.
+  std::vector<float> const x(2 * 3, 1.f), w(2, 1.f), a(2 * 3, 1.f), b(2 * 2, 1.f), gy(2 * 2, 1.f);
+  std::vector<float> ga(3 * 3, -7.f);
+  CHECK(host::reference_lora_backward(v2(x, 2, 3), v1(w), v2(a, 2, 3), v2(b, 2, 2), 1.0, host::LoraScaling::standard,
+                                      v2(gy, 2, 2),
+                                      host::LoraGradients{{}, out2(ga, 3, 3), {}, {}}) == Status::invalid_argument);
+  CHECK(std::strstr(last_error_message(), "LoRA grad A") != nullptr);
+  CHECK(ga == std::vector<float>(9, -7.f));
+}

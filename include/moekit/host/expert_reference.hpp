@@ -679,6 +679,23 @@ enum class LoraScaling : int { standard, rank_stabilized };
   return scaling == LoraScaling::rank_stabilized ? alpha / std::sqrt(r) : alpha / r;
 }
 
+// Rank, α and scaling (§3.3 edge cases).
+[[nodiscard]] inline Status check_lora_params(std::int64_t d_in, std::int64_t r, std::int64_t d_out, double alpha,
+                                              LoraScaling scaling) noexcept {
+  if (r < 1 || r > std::min(d_in, d_out)) {
+    return error(Status::invalid_argument,
+                 "LoRA: rank must be in [1, min(d_in,d_out)] (rank %lld, d_in %lld, d_out %lld)",
+                 static_cast<long long>(r), static_cast<long long>(d_in), static_cast<long long>(d_out));
+  }
+  if (!(alpha > 0) || !std::isfinite(alpha)) {
+    return error(Status::invalid_argument, "LoRA: alpha must be finite and > 0 (got %g)", alpha);
+  }
+  if (scaling != LoraScaling::standard && scaling != LoraScaling::rank_stabilized) {
+    return error(Status::invalid_argument, "LoRA: bad scaling %d", static_cast<int>(scaling));
+  }
+  return Status::ok;
+}
+
 template <ExpertElement X>
 [[nodiscard]] Status reference_lora_delta(HostTensor<X const, 1> x, HostTensor<float const, 2> a,
                                           HostTensor<float const, 2> b, double alpha, LoraScaling scaling,
@@ -696,16 +713,8 @@ template <ExpertElement X>
                  static_cast<long long>(d_out), static_cast<long long>(b.extent(1)),
                  static_cast<long long>(delta.extent(0)));
   }
-  if (r < 1 || r > std::min(d_in, d_out)) {
-    return error(Status::invalid_argument,
-                 "LoRA: rank must be in [1, min(d_in,d_out)] (rank %lld, d_in %lld, d_out %lld)",
-                 static_cast<long long>(r), static_cast<long long>(d_in), static_cast<long long>(d_out));
-  }
-  if (!(alpha > 0) || !std::isfinite(alpha)) {
-    return error(Status::invalid_argument, "LoRA: alpha must be finite and > 0 (got %g)", alpha);
-  }
-  if (scaling != LoraScaling::standard && scaling != LoraScaling::rank_stabilized) {
-    return error(Status::invalid_argument, "LoRA: bad scaling %d", static_cast<int>(scaling));
+  if (Status st = check_lora_params(d_in, r, d_out, alpha, scaling); !st) {
+    return st;
   }
   double const s = lora_scale(alpha, r, scaling);
   std::vector<double> u(static_cast<std::size_t>(r));
@@ -722,6 +731,128 @@ template <ExpertElement X>
       acc += static_cast<double>(*b.pointer(o, k)) * u[static_cast<std::size_t>(k)];
     }
     *delta.pointer(o) = static_cast<float>(s * acc);
+  }
+  return Status::ok;
+}
+
+// Backward of one LoRA expert's contribution y_t += w_t·s·B(A x_t) over T tokens (§3.3), with
+// u_t = A x_t: ∂B = s Σ_t w_t g_t u_tᵀ, ∂A = s Σ_t w_t (Bᵀ g_t) x_tᵀ, ∂w_t = s g_tᵀ B u_t,
+// ∂x_t = s w_t Aᵀ Bᵀ g_t (the LoRA path only; add W_0ᵀ g_t for the base). Sums over tokens in
+// token order, in double, one fp32 rounding; a gradient view with null data is not written.
+struct LoraGradients {
+  HostTensor<float, 2> x;       // [T, d_in]
+  HostTensor<float, 2> a;       // [r, d_in]
+  HostTensor<float, 2> b;       // [d_out, r]
+  HostTensor<float, 1> weight;  // [T]
+};
+
+template <ExpertElement X>
+[[nodiscard]] Status reference_lora_backward(HostTensor<X const, 2> x, HostTensor<float const, 1> weight,
+                                             HostTensor<float const, 2> a, HostTensor<float const, 2> b, double alpha,
+                                             LoraScaling scaling, HostTensor<float const, 2> grad_y,
+                                             LoraGradients const& grads) {
+  if (!is_ok(x.validate()) || !is_ok(weight.validate()) || !is_ok(a.validate()) || !is_ok(b.validate()) ||
+      !is_ok(grad_y.validate())) {
+    return error(Status::invalid_argument, "LoRA backward: negative extent/stride or null data");
+  }
+  std::int64_t const T = x.extent(0);
+  std::int64_t const d_in = x.extent(1);
+  std::int64_t const r = a.extent(0);
+  std::int64_t const d_out = b.extent(0);
+  if (a.extent(1) != d_in || b.extent(1) != r || weight.extent(0) != T || grad_y.extent(0) != T ||
+      grad_y.extent(1) != d_out) {
+    return error(Status::invalid_argument,
+                 "LoRA backward: x [%lld, %lld], weight [%lld], A [%lld, %lld], B [%lld, %lld], grad_y [%lld, %lld] "
+                 "do not fit",
+                 static_cast<long long>(T), static_cast<long long>(d_in), static_cast<long long>(weight.extent(0)),
+                 static_cast<long long>(r), static_cast<long long>(a.extent(1)), static_cast<long long>(d_out),
+                 static_cast<long long>(b.extent(1)), static_cast<long long>(grad_y.extent(0)),
+                 static_cast<long long>(grad_y.extent(1)));
+  }
+  if (Status st = check_lora_params(d_in, r, d_out, alpha, scaling); !st) {
+    return st;
+  }
+  auto check_grad = [](auto const& v, char const* what, auto want) -> Status {
+    if (v.data == nullptr) {
+      return Status::ok;
+    }
+    return expert_detail::check_view(v, what, 0, want);
+  };
+  using E2 = std::array<std::int64_t, 2>;
+  if (Status st = check_grad(grads.x, "LoRA grad x", E2{T, d_in}); !st) {
+    return st;
+  }
+  if (Status st = check_grad(grads.a, "LoRA grad A", E2{r, d_in}); !st) {
+    return st;
+  }
+  if (Status st = check_grad(grads.b, "LoRA grad B", E2{d_out, r}); !st) {
+    return st;
+  }
+  if (Status st = check_grad(grads.weight, "LoRA grad weight", std::array<std::int64_t, 1>{T}); !st) {
+    return st;
+  }
+  double const s = lora_scale(alpha, r, scaling);
+  auto const R = static_cast<std::size_t>(r);
+  auto const Din = static_cast<std::size_t>(d_in);
+  auto const Dout = static_cast<std::size_t>(d_out);
+  std::vector<double> ga(R * Din, 0.0), gb(Dout * R, 0.0), gx(static_cast<std::size_t>(T) * Din, 0.0),
+      gw(static_cast<std::size_t>(T), 0.0);
+  std::vector<double> xt(Din), u(R), bt_g(R);
+  for (std::int64_t t = 0; t < T; ++t) {
+    double const w = static_cast<double>(*weight.pointer(t));
+    for (std::size_t i = 0; i < Din; ++i) {
+      xt[i] = expert_detail::widen(*x.pointer(t, static_cast<std::int64_t>(i)));
+    }
+    for (std::size_t k = 0; k < R; ++k) {
+      double acc = 0;
+      for (std::size_t i = 0; i < Din; ++i) {
+        acc += static_cast<double>(*a.pointer(k, i)) * xt[i];
+      }
+      u[k] = acc;
+      double bg = 0;  // (Bᵀ g_t)_k
+      for (std::size_t o = 0; o < Dout; ++o) {
+        bg += static_cast<double>(*b.pointer(o, k)) *
+              static_cast<double>(*grad_y.pointer(t, static_cast<std::int64_t>(o)));
+      }
+      bt_g[k] = bg;
+    }
+    double dw = 0;  // g_tᵀ B u_t = Σ_k (Bᵀ g_t)_k u_k
+    for (std::size_t k = 0; k < R; ++k) {
+      dw += bt_g[k] * u[k];
+      for (std::size_t i = 0; i < Din; ++i) {
+        ga[k * Din + i] += s * w * bt_g[k] * xt[i];
+      }
+      for (std::size_t o = 0; o < Dout; ++o) {
+        gb[o * R + k] += s * w * static_cast<double>(*grad_y.pointer(t, static_cast<std::int64_t>(o))) * u[k];
+      }
+    }
+    gw[static_cast<std::size_t>(t)] = s * dw;
+    for (std::size_t i = 0; i < Din; ++i) {
+      double acc = 0;
+      for (std::size_t k = 0; k < R; ++k) {
+        acc += static_cast<double>(*a.pointer(k, i)) * bt_g[k];
+      }
+      gx[static_cast<std::size_t>(t) * Din + i] = s * w * acc;
+    }
+  }
+  auto store2 = [](HostTensor<float, 2> const& v, std::vector<double> const& src) {
+    if (v.data == nullptr) {
+      return;
+    }
+    auto const cols = static_cast<std::size_t>(v.extent(1));
+    for (std::int64_t i = 0; i < v.extent(0); ++i) {
+      for (std::int64_t j = 0; j < v.extent(1); ++j) {
+        *v.pointer(i, j) = static_cast<float>(src[static_cast<std::size_t>(i) * cols + static_cast<std::size_t>(j)]);
+      }
+    }
+  };
+  store2(grads.x, gx);
+  store2(grads.a, ga);
+  store2(grads.b, gb);
+  if (grads.weight.data != nullptr) {
+    for (std::int64_t t = 0; t < T; ++t) {
+      *grads.weight.pointer(t) = static_cast<float>(gw[static_cast<std::size_t>(t)]);
+    }
   }
   return Status::ok;
 }

@@ -720,3 +720,96 @@ TEST_CASE("LoRA backward matches central differences of the double formula", "[c
   CHECK(std::strstr(last_error_message(), "LoRA grad A") != nullptr);
   CHECK(ga == std::vector<float>(9, -7.f));
 }
+
+TEST_CASE("combine backward: grad x, grad weights and shared gate against central differences",
+          "[cpu][core][experts]") {
+  std::mt19937 rng(41);
+  constexpr int E = 3, H = 4, I = 3, T = 4, K = 2;
+  std::vector<std::vector<float>> g(E + 1), u(E + 1), d(E + 1);  // index E: the shared expert
+  std::vector<host::ExpertWeights<float>> experts(E);
+  std::vector<DoubleExpert> de(E + 1);
+  for (std::size_t e = 0; e <= E; ++e) {
+    g[e] = random_vector(rng, I * H, 0.8f);
+    u[e] = random_vector(rng, I * H, 0.8f);
+    d[e] = random_vector(rng, H * I, 0.8f);
+    de[e] = DoubleExpert{H,
+                         I,
+                         {},
+                         widen(g[e]),
+                         widen(u[e]),
+                         widen(d[e]),
+                         std::vector<double>(I),
+                         std::vector<double>(I),
+                         std::vector<double>(H)};
+    if (e < E) experts[e] = {v2(g[e], I, H), v2(u[e], I, H), v2(d[e], H, I), {}, {}, {}};
+  }
+  std::vector<float> const wsg = random_vector(rng, H, 0.8f);
+  host::SharedExpert<float> const shared{
+      {v2(g[E], I, H), v2(u[E], I, H), v2(d[E], H, I), {}, {}, {}}, ExpertFunction{}, v1(wsg)};
+  std::vector<float> const x = random_vector(rng, T * H, 1.f), gy = random_vector(rng, T * H, 1.f);
+  std::vector<int> const ids = {0, 2, 1, E, E, E, 2, 2};  // an empty slot, an empty token, a repeat
+  std::vector<float> const w = {0.7f, 0.3f, 0.9f, 0.f, 0.f, 0.f, 0.4f, 0.6f};
+  for (auto pos : {host::WeightPosition::after_expert, host::WeightPosition::on_input}) {
+    INFO((pos == host::WeightPosition::on_input ? "on_input" : "after_expert"));
+    std::vector<float> gx(T * H), gw(T * K, -7.f), gsg(H);
+    REQUIRE(host::reference_moe_combine_backward(
+                v2(x, T, H), v2(ids, T, K), v2(w, T, K), std::span<host::ExpertWeights<float> const>(experts),
+                ExpertFunction{}, pos, &shared, v2(gy, T, H), out2(gx, T, H), out2(gw, T, K), out1(gsg)) == Status::ok);
+    struct P {
+      std::vector<double> x, w, wsg;
+    };
+    auto loss = [&](P const& p) {
+      double l = 0;
+      for (int t = 0; t < T; ++t) {
+        std::vector<double> xt(p.x.begin() + t * H, p.x.begin() + (t + 1) * H), y(H, 0.0);
+        for (int j = 0; j < K; ++j) {
+          int const id = ids[std::size_t(t * K + j)];
+          if (id == E) continue;
+          double const wj = p.w[std::size_t(t * K + j)];
+          std::vector<double> xin = xt;
+          if (pos == host::WeightPosition::on_input) {
+            for (double& v : xin) v *= wj;
+          }
+          std::vector<double> const o = de[std::size_t(id)].forward(xin);
+          for (int h = 0; h < H; ++h)
+            y[std::size_t(h)] += (pos == host::WeightPosition::on_input ? 1.0 : wj) * o[std::size_t(h)];
+        }
+        double a = 0;
+        for (int h = 0; h < H; ++h) a += p.wsg[std::size_t(h)] * xt[std::size_t(h)];
+        std::vector<double> const so = de[E].forward(xt);
+        for (int h = 0; h < H; ++h) y[std::size_t(h)] += so[std::size_t(h)] / (1 + std::exp(-a));
+        for (int h = 0; h < H; ++h) l += gy[std::size_t(t * H + h)] * y[std::size_t(h)];
+      }
+      return l;
+    };
+    P const p0{widen(x), widen(w), widen(wsg)};
+    double const step = 1e-6;
+    auto check = [&](std::vector<double> P::*member, std::vector<float> const& got, char const* what) {
+      int bad = 0;
+      for (std::size_t i = 0; i < got.size(); ++i) {
+        P plus = p0, minus = p0;
+        (plus.*member)[i] += step;
+        (minus.*member)[i] -= step;
+        double const fd = (loss(plus) - loss(minus)) / (2 * step);
+        if (std::fabs(got[i] - fd) > 1e-6 * (1 + std::fabs(fd))) {  // same bound as the expert backward
+          ++bad;
+          UNSCOPED_INFO(what << "[" << i << "]: reference " << got[i] << ", finite difference " << fd);
+        }
+      }
+      CHECK(bad == 0);
+    };
+    check(&P::x, gx, "grad x");
+    check(&P::w, gw, "grad weight");  // empty slots: fd = 0 and the reference writes 0
+    check(&P::wsg, gsg, "grad shared gate");
+    CHECK(gw[3] == 0.f);
+    CHECK(gw[4] == 0.f);
+    CHECK(gw[5] == 0.f);
+  }
+  // grad_shared_gate without a gated shared expert: invalid_argument.
+  std::vector<float> gx(T * H), gsg(H, -7.f);
+  CHECK(host::reference_moe_combine_backward(v2(x, T, H), v2(ids, T, K), v2(w, T, K),
+                                             std::span<host::ExpertWeights<float> const>(experts), ExpertFunction{},
+                                             host::WeightPosition::after_expert, nullptr, v2(gy, T, H), out2(gx, T, H),
+                                             {}, out1(gsg)) == Status::invalid_argument);
+  CHECK(gsg == std::vector<float>(H, -7.f));
+}

@@ -1010,5 +1010,169 @@ reference_moe_combine(HostTensor<X const, 2> x, HostTensor<int const, 2> ids, Ho
   return Status::ok;
 }
 
+// Backward of the combine with respect to its inputs (§1.2, §1.6, §1.9.2): grad_x [T,H] (through
+// every used slot and the shared expert), grad_weights [T,K] (after_expert: <g_t, E(x_t)>;
+// on_input: <J_E(w x_t)ᵀ g_t, x_t>; 0 for an empty slot) and, with a gated shared expert,
+// grad_shared_gate [H] = Σ_t σ'(a_t) <g_t, S(x_t)> x_t. Expert weight gradients are per expert:
+// reference_expert_backward on the rows routed to it with grad_o = w·g (after_expert) or on the
+// scaled rows w·x (on_input). Double throughout, one fp32 rounding; null views are not written.
+template <ExpertElement X, ExpertElement W>
+[[nodiscard]] Status reference_moe_combine_backward(
+    HostTensor<X const, 2> x, HostTensor<int const, 2> ids, HostTensor<float const, 2> weights,
+    std::span<ExpertWeights<W> const> experts, ExpertFunction const& fn, WeightPosition position,
+    std::type_identity_t<SharedExpert<W>> const* shared, HostTensor<float const, 2> grad_y, HostTensor<float, 2> grad_x,
+    HostTensor<float, 2> grad_weights, HostTensor<float, 1> grad_shared_gate) {
+  std::int64_t const T = x.extent(0);
+  std::int64_t const H = x.extent(1);
+  std::int64_t const K = ids.extent(1);
+  auto const E = static_cast<std::int64_t>(experts.size());
+  {
+    // The forward's checks (shapes, ids, weights, x, shared expert) on a scratch output.
+    std::vector<float> scratch(static_cast<std::size_t>(T * H));
+    if (Status st = reference_moe_combine(x, ids, weights, experts, fn, position, shared,
+                                          HostTensor<float, 2>::row_major(scratch.data(), {T, H}));
+        !st) {
+      return st;
+    }
+  }
+  auto check_grad = [](auto const& v, char const* what, auto want) -> Status {
+    if (v.data == nullptr) {
+      return Status::ok;
+    }
+    return expert_detail::check_view(v, what, 0, want);
+  };
+  using E2 = std::array<std::int64_t, 2>;
+  if (!is_ok(grad_y.validate()) || grad_y.extent(0) != T || grad_y.extent(1) != H) {
+    return error(Status::invalid_argument, "combine backward: grad_y is [%lld, %lld], expected [%lld, %lld]",
+                 static_cast<long long>(grad_y.extent(0)), static_cast<long long>(grad_y.extent(1)),
+                 static_cast<long long>(T), static_cast<long long>(H));
+  }
+  if (Status st = check_grad(grad_x, "combine grad_x", E2{T, H}); !st) {
+    return st;
+  }
+  if (Status st = check_grad(grad_weights, "combine grad_weights", E2{T, K}); !st) {
+    return st;
+  }
+  bool const gated_shared = shared != nullptr && shared->gate.data != nullptr;
+  if (grad_shared_gate.data != nullptr && !gated_shared) {
+    return error(Status::invalid_argument, "combine backward: grad_shared_gate given but no shared expert gate");
+  }
+  if (Status st = check_grad(grad_shared_gate, "combine grad_shared_gate", std::array<std::int64_t, 1>{H}); !st) {
+    return st;
+  }
+  std::vector<expert_detail::DenseExpert> dense;
+  dense.reserve(static_cast<std::size_t>(E));
+  for (auto const& w : experts) {
+    dense.push_back(expert_detail::load_expert(w, fn.kind));
+  }
+  auto const Hs = static_cast<std::size_t>(H);
+  auto scratch_gradients = [](expert_detail::DenseExpert const& d) {
+    auto const h = static_cast<std::size_t>(d.hidden);
+    auto const i = static_cast<std::size_t>(d.inter);
+    return expert_detail::DenseGradients{std::vector<double>(i * h), std::vector<double>(i * h),
+                                         std::vector<double>(h * i), std::vector<double>(i),
+                                         std::vector<double>(i),     std::vector<double>(h)};
+  };
+  expert_detail::DenseExpert shared_dense;
+  std::vector<double> w_sg;
+  if (shared != nullptr) {
+    shared_dense = expert_detail::load_expert(shared->weights, shared->function.kind);
+    if (gated_shared) {
+      w_sg.resize(Hs);
+      for (std::size_t h = 0; h < Hs; ++h) {
+        w_sg[h] = expert_detail::widen(*shared->gate.pointer(static_cast<std::int64_t>(h)));
+      }
+    }
+  }
+  std::vector<double> gx(static_cast<std::size_t>(T) * Hs, 0.0), gw(static_cast<std::size_t>(T * K), 0.0), gsg(Hs, 0.0);
+  std::vector<double> xt(Hs), xin(Hs), o(Hs), g(Hs), go(Hs), gin(Hs);
+  expert_detail::ExpertTrace trace;
+  for (std::int64_t t = 0; t < T; ++t) {
+    double* acc = gx.data() + static_cast<std::size_t>(t) * Hs;
+    for (std::size_t h = 0; h < Hs; ++h) {
+      xt[h] = expert_detail::widen(*x.pointer(t, static_cast<std::int64_t>(h)));
+      g[h] = static_cast<double>(*grad_y.pointer(t, static_cast<std::int64_t>(h)));
+    }
+    for (std::int64_t j = 0; j < K; ++j) {
+      int const id = *ids.pointer(t, j);
+      if (id == E) {
+        continue;
+      }
+      double const w = static_cast<double>(*weights.pointer(t, j));
+      auto const& d = dense[static_cast<std::size_t>(id)];
+      auto dg = scratch_gradients(d);
+      double dw = 0;
+      if (position == WeightPosition::on_input) {
+        for (std::size_t h = 0; h < Hs; ++h) {
+          xin[h] = w * xt[h];
+        }
+        expert_detail::expert_forward(d, fn, xin.data(), o.data(), trace);
+        expert_detail::expert_backward(d, fn, xin.data(), g.data(), trace, gin.data(), dg);
+        for (std::size_t h = 0; h < Hs; ++h) {
+          dw += gin[h] * xt[h];
+          acc[h] += w * gin[h];
+        }
+      } else {
+        expert_detail::expert_forward(d, fn, xt.data(), o.data(), trace);
+        for (std::size_t h = 0; h < Hs; ++h) {
+          dw += g[h] * o[h];
+          go[h] = w * g[h];
+        }
+        expert_detail::expert_backward(d, fn, xt.data(), go.data(), trace, gin.data(), dg);
+        for (std::size_t h = 0; h < Hs; ++h) {
+          acc[h] += gin[h];
+        }
+      }
+      gw[static_cast<std::size_t>(t * K + j)] = dw;
+    }
+    if (shared != nullptr) {
+      auto dg = scratch_gradients(shared_dense);
+      expert_detail::expert_forward(shared_dense, shared->function, xt.data(), o.data(), trace);
+      double sigma = 1.0;
+      if (gated_shared) {
+        double a = 0;
+        double so = 0;
+        for (std::size_t h = 0; h < Hs; ++h) {
+          a += w_sg[h] * xt[h];
+          so += g[h] * o[h];
+        }
+        sigma = expert_detail::sigmoid(a);
+        double const da = sigma * (1.0 - sigma) * so;
+        for (std::size_t h = 0; h < Hs; ++h) {
+          gsg[h] += da * xt[h];
+          acc[h] += da * w_sg[h];
+        }
+      }
+      for (std::size_t h = 0; h < Hs; ++h) {
+        go[h] = sigma * g[h];
+      }
+      expert_detail::expert_backward(shared_dense, shared->function, xt.data(), go.data(), trace, gin.data(), dg);
+      for (std::size_t h = 0; h < Hs; ++h) {
+        acc[h] += gin[h];
+      }
+    }
+  }
+  if (grad_x.data != nullptr) {
+    for (std::int64_t t = 0; t < T; ++t) {
+      for (std::int64_t h = 0; h < H; ++h) {
+        *grad_x.pointer(t, h) = static_cast<float>(gx[static_cast<std::size_t>(t) * Hs + static_cast<std::size_t>(h)]);
+      }
+    }
+  }
+  if (grad_weights.data != nullptr) {
+    for (std::int64_t t = 0; t < T; ++t) {
+      for (std::int64_t j = 0; j < K; ++j) {
+        *grad_weights.pointer(t, j) = static_cast<float>(gw[static_cast<std::size_t>(t * K + j)]);
+      }
+    }
+  }
+  if (grad_shared_gate.data != nullptr) {
+    for (std::int64_t h = 0; h < H; ++h) {
+      *grad_shared_gate.pointer(h) = static_cast<float>(gsg[static_cast<std::size_t>(h)]);
+    }
+  }
+  return Status::ok;
+}
+
 }  // namespace host
 MOEKIT_NAMESPACE_END

@@ -337,7 +337,7 @@ TEST_CASE("safetensors refuses every malformed file with a message naming the fi
       {"gap at the start", craft(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}})", 12),
        "gap of 4 bytes at the start of the data buffer, before tensor 'a'"},
       {"bytes after the last tensor", craft("{" + ok_entry + "}", 10), "2 bytes after the last tensor's data"},
-      {"duplicate names", craft("{" + ok_entry + "," + ok_entry + "}", 8), "tensor 'a' appears twice in the header"},
+      {"duplicate names", craft("{" + ok_entry + "," + ok_entry + "}", 8), "name 'a' appears twice in the header"},
       {"metadata not strings", craft(R"({"__metadata__":{"k":1}})", 0),
        "\"__metadata__\" value of 'k' is not a string"},
       {"metadata not an object", craft(R"({"__metadata__":[]})", 0), "\"__metadata__\" is not a JSON object"},

@@ -35,6 +35,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <initializer_list>
 #include <limits>
 #include <map>
 #include <set>
@@ -435,7 +436,7 @@ inline Status parse_safetensors_entry(std::string_view file, std::string const& 
     return st_fail(name, "the header is not a JSON object");
   }
   if (!duplicate.empty()) {
-    return st_fail(name, "tensor '%s' appears twice in the header", duplicate.c_str());
+    return st_fail(name, "name '%s' appears twice in the header", duplicate.c_str());
   }
 
   SafetensorsFile parsed;

@@ -26,16 +26,12 @@
 // over it, so a failure leaves no partial file. Written headers pad the preamble to a multiple of
 // 64 bytes, as NumPy does, so the data is aligned for memory mapping.
 
-#include <atomic>
 #include <bit>
-#include <cerrno>
-#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
 #include <initializer_list>
 #include <limits>
 #include <span>
@@ -48,6 +44,7 @@
 #include "moekit/core/error_message.hpp"
 #include "moekit/core/float16.hpp"
 #include "moekit/core/status.hpp"
+#include "moekit/io/file.hpp"
 
 MOEKIT_NAMESPACE_BEGIN
 namespace io {
@@ -463,11 +460,6 @@ inline std::uint32_t read_le(std::byte const* p, int bytes) {
   return v;
 }
 
-inline char const* errno_text() {
-  char const* s = std::strerror(errno);
-  return s != nullptr ? s : "unknown error";
-}
-
 }  // namespace detail
 
 // Parses a whole .npy file held in memory. `name` (a path, usually) goes into messages.
@@ -529,35 +521,11 @@ inline char const* errno_text() {
 
 // Reads `path` into `out` (untouched on failure).
 [[nodiscard]] inline Status read_npy(std::filesystem::path const& path, NpyArray& out) {
-  std::string const name = path.string();
-  std::error_code ec;
-  auto const st = std::filesystem::status(path, ec);
-  if (st.type() == std::filesystem::file_type::not_found) {
-    return error(Status::io_error, "npy file '%s': cannot open: no such file", name.c_str());
+  std::vector<std::byte> bytes;
+  if (Status s = read_file(path, "npy file", bytes); !s) {
+    return s;
   }
-  if (ec) {
-    return error(Status::io_error, "npy file '%s': cannot open: %s", name.c_str(), ec.message().c_str());
-  }
-  if (std::filesystem::is_directory(st)) {
-    return error(Status::io_error, "npy file '%s': cannot open: it is a directory", name.c_str());
-  }
-  std::ifstream f(path, std::ios::binary);
-  if (!f) {
-    return error(Status::io_error, "npy file '%s': cannot open: %s", name.c_str(), detail::errno_text());
-  }
-  f.seekg(0, std::ios::end);
-  std::streamoff const size = f.tellg();
-  f.seekg(0, std::ios::beg);
-  if (size < 0 || !f) {
-    return error(Status::io_error, "npy file '%s': cannot read its size", name.c_str());
-  }
-  std::vector<std::byte> bytes(static_cast<std::size_t>(size));
-  f.read(reinterpret_cast<char*>(bytes.data()), static_cast<std::streamsize>(size));
-  if (f.gcount() != size) {
-    return error(Status::io_error, "npy file '%s': read error after %lld of %lld bytes", name.c_str(),
-                 static_cast<long long>(f.gcount()), static_cast<long long>(size));
-  }
-  return parse_npy(bytes, out, name);
+  return parse_npy(bytes, out, path.string());
 }
 
 // The file image of `a`: version 1.0 header (2.0 when it would not fit), preamble padded with
@@ -602,45 +570,12 @@ inline char const* errno_text() {
   return Status::ok;
 }
 
-// Writes `bytes` to `path` through a temporary file in the same directory and a rename, so that
-// `path` is either left as it was or replaced whole.
-[[nodiscard]] inline Status write_file_atomically(std::filesystem::path const& path, std::span<std::byte const> bytes) {
-  std::string const name = path.string();
-  static std::atomic<unsigned> counter{0};  // distinct temporary names for concurrent writers
-  auto const stamp = static_cast<unsigned long long>(std::chrono::steady_clock::now().time_since_epoch().count());
-  char suffix[64];
-  std::snprintf(suffix, sizeof suffix, ".tmp-%llx-%x", stamp, counter.fetch_add(1) + 1);
-  std::filesystem::path temp = path;
-  temp += suffix;
-  {
-    std::ofstream f(temp, std::ios::binary | std::ios::trunc);
-    if (!f) {
-      return error(Status::io_error, "npy file '%s': cannot create: %s", name.c_str(), detail::errno_text());
-    }
-    f.write(reinterpret_cast<char const*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
-    f.close();
-    if (!f) {
-      std::error_code ignored;
-      std::filesystem::remove(temp, ignored);
-      return error(Status::io_error, "npy file '%s': write error: %s", name.c_str(), detail::errno_text());
-    }
-  }
-  std::error_code ec;
-  std::filesystem::rename(temp, path, ec);
-  if (ec) {
-    std::error_code ignored;
-    std::filesystem::remove(temp, ignored);
-    return error(Status::io_error, "npy file '%s': cannot replace: %s", name.c_str(), ec.message().c_str());
-  }
-  return Status::ok;
-}
-
 [[nodiscard]] inline Status write_npy(std::filesystem::path const& path, NpyArray const& a) {
   std::vector<std::byte> bytes;
   if (Status s = encode_npy(a, bytes, path.string()); !s) {
     return s;
   }
-  return write_file_atomically(path, bytes);
+  return write_file_atomically(path, bytes, "npy file");
 }
 
 // The elements of `a` as T, where every value converts exactly (converts_exactly<T>).

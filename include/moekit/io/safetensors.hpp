@@ -24,17 +24,13 @@
 // a failure leaves no partial file and the target as it was.
 
 #include <algorithm>
-#include <atomic>
 #include <bit>
-#include <cerrno>
-#include <chrono>
 #include <cstdarg>
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
 #include <initializer_list>
 #include <limits>
 #include <map>
@@ -52,6 +48,7 @@
 #include "moekit/core/float16.hpp"
 #include "moekit/core/float8.hpp"
 #include "moekit/core/status.hpp"
+#include "moekit/io/file.hpp"
 
 MOEKIT_NAMESPACE_BEGIN
 namespace io {
@@ -292,11 +289,6 @@ inline bool st_data_bytes(std::vector<std::int64_t> const& shape, int size, std:
   return true;
 }
 
-inline char const* st_errno_text() {
-  char const* s = std::strerror(errno);
-  return s != nullptr ? s : "unknown error";
-}
-
 // An invalid_argument error about the file `name`, prefixed as every message of this header is.
 #if defined(__GNUC__)
 __attribute__((format(printf, 2, 3)))
@@ -502,35 +494,11 @@ inline Status parse_safetensors_entry(std::string_view file, std::string const& 
 
 // Reads `path` into `out` (untouched on failure).
 [[nodiscard]] inline Status read_safetensors(std::filesystem::path const& path, SafetensorsFile& out) {
-  std::string const name = path.string();
-  std::error_code ec;
-  auto const st = std::filesystem::status(path, ec);
-  if (st.type() == std::filesystem::file_type::not_found) {
-    return error(Status::io_error, "safetensors file '%s': cannot open: no such file", name.c_str());
+  std::vector<std::byte> bytes;
+  if (Status s = read_file(path, "safetensors file", bytes); !s) {
+    return s;
   }
-  if (ec) {
-    return error(Status::io_error, "safetensors file '%s': cannot open: %s", name.c_str(), ec.message().c_str());
-  }
-  if (std::filesystem::is_directory(st)) {
-    return error(Status::io_error, "safetensors file '%s': cannot open: it is a directory", name.c_str());
-  }
-  std::ifstream f(path, std::ios::binary);
-  if (!f) {
-    return error(Status::io_error, "safetensors file '%s': cannot open: %s", name.c_str(), detail::st_errno_text());
-  }
-  f.seekg(0, std::ios::end);
-  std::streamoff const size = f.tellg();
-  f.seekg(0, std::ios::beg);
-  if (size < 0 || !f) {
-    return error(Status::io_error, "safetensors file '%s': cannot read its size", name.c_str());
-  }
-  std::vector<std::byte> bytes(static_cast<std::size_t>(size));
-  f.read(reinterpret_cast<char*>(bytes.data()), static_cast<std::streamsize>(size));
-  if (f.gcount() != size) {
-    return error(Status::io_error, "safetensors file '%s': read error after %lld of %lld bytes", name.c_str(),
-                 static_cast<long long>(f.gcount()), static_cast<long long>(size));
-  }
-  return parse_safetensors(bytes, out, name);
+  return parse_safetensors(bytes, out, path.string());
 }
 
 // The elements of tensor `tensor` of `file` as T, where every value converts exactly
@@ -692,44 +660,6 @@ template <SafetensorsElement T>
   return Status::ok;
 }
 
-namespace detail {
-
-// Writes `bytes` to `path` through a temporary file in the same directory and a rename, so that
-// `path` is either left as it was or replaced whole.
-[[nodiscard]] inline Status st_write_file_atomically(std::filesystem::path const& path,
-                                                     std::span<std::byte const> bytes) {
-  std::string const name = path.string();
-  static std::atomic<unsigned> counter{0};  // distinct temporary names for concurrent writers
-  auto const stamp = static_cast<unsigned long long>(std::chrono::steady_clock::now().time_since_epoch().count());
-  char suffix[64];
-  std::snprintf(suffix, sizeof suffix, ".tmp-%llx-%x", stamp, counter.fetch_add(1) + 1);
-  std::filesystem::path temp = path;
-  temp += suffix;
-  {
-    std::ofstream f(temp, std::ios::binary | std::ios::trunc);
-    if (!f) {
-      return error(Status::io_error, "safetensors file '%s': cannot create: %s", name.c_str(), st_errno_text());
-    }
-    f.write(reinterpret_cast<char const*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
-    f.close();
-    if (!f) {
-      std::error_code ignored;
-      std::filesystem::remove(temp, ignored);
-      return error(Status::io_error, "safetensors file '%s': write error: %s", name.c_str(), st_errno_text());
-    }
-  }
-  std::error_code ec;
-  std::filesystem::rename(temp, path, ec);
-  if (ec) {
-    std::error_code ignored;
-    std::filesystem::remove(temp, ignored);
-    return error(Status::io_error, "safetensors file '%s': cannot replace: %s", name.c_str(), ec.message().c_str());
-  }
-  return Status::ok;
-}
-
-}  // namespace detail
-
 // Writes `tensors` and `metadata` to `path` (see encode_safetensors), atomically: nothing is
 // created or changed on failure.
 [[nodiscard]] inline Status write_safetensors(std::filesystem::path const& path,
@@ -739,7 +669,7 @@ namespace detail {
   if (Status s = encode_safetensors(tensors, metadata, bytes, path.string()); !s) {
     return s;
   }
-  return detail::st_write_file_atomically(path, bytes);
+  return write_file_atomically(path, bytes, "safetensors file");
 }
 
 }  // namespace io

@@ -1,0 +1,436 @@
+#pragma once
+// Tiny synthetic Hugging Face MoE checkpoints for tests (tests/io/hf_checkpoint_test.cpp,
+// tests/tools/moekit_run_test.cpp): a config.json and a model.safetensors with the exact on-disk
+// tensor names and shapes of ALGORITHMS.md §1.10, random values, written with io/safetensors.hpp.
+// The raw tensors are kept (as float, or bytes for MXFP4) with accessors that read them in their
+// ON-DISK layout, so a test can compute the block independently of io/hf_checkpoint.hpp; and
+// `reference_block` runs a loaded block through the host references (gate projection, routing,
+// combine), the oracle both tests compare with.
+//
+// Families (layers, which are MoE): mixtral H 24 I 16 E 8 K 2 (2 layers, both MoE); qwen2_moe
+// E 8 K 2 I_s 20 + shared gate, mlp_only_layers [0] (2 layers, layer 1 MoE); qwen3_moe E 8 K 2
+// norm, decoder_sparse_step 2 (layer 1 MoE); olmoe E 8 K 2 (both MoE); deepseek_v3 E 16 K 2, 4
+// groups, top-2 groups, 1 shared expert, ρ 2.5, first_k_dense_replace 1 (3 layers, 1 and 2 MoE);
+// gpt_oss H = I = 32 E 4 K 2, swiglu_limit 1 (so the clamp acts), bf16 fused [in,out] or MXFP4.
+
+#include <cmath>
+#include <cstdint>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <random>
+#include <span>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "moekit/core/float16.hpp"
+#include "moekit/core/status.hpp"
+#include "moekit/core/tensor_view.hpp"
+#include "moekit/host/expert_reference.hpp"
+#include "moekit/host/gate_projection_reference.hpp"
+#include "moekit/host/top_k_reference.hpp"
+#include "moekit/io/hf_checkpoint.hpp"
+#include "moekit/io/hf_config.hpp"
+#include "moekit/io/safetensors.hpp"
+
+namespace moekit::test_hf {
+
+namespace fs = std::filesystem;
+
+// Every family the loader maps, in the order the tests run them.
+inline std::vector<std::string> const families = {"mixtral",     "qwen2_moe", "qwen3_moe",    "olmoe",
+                                                  "deepseek_v3", "gpt_oss",   "gpt_oss_mxfp4"};
+
+struct RawTensor {
+  std::vector<std::int64_t> shape;
+  std::vector<float> values;        // floating tensors (the values written, after any bf16 rounding)
+  std::vector<std::uint8_t> bytes;  // U8 tensors (MXFP4 blocks and scales)
+  io::SafetensorsDtype dtype = io::SafetensorsDtype::bf16;
+
+  // Row-major element of a floating tensor.
+  [[nodiscard]] double at(std::initializer_list<std::int64_t> index) const { return double(values[offset(index)]); }
+  [[nodiscard]] std::uint8_t byte(std::initializer_list<std::int64_t> index) const { return bytes[offset(index)]; }
+  [[nodiscard]] std::size_t offset(std::initializer_list<std::int64_t> index) const {
+    std::int64_t o = 0;
+    std::size_t d = 0;
+    for (std::int64_t i : index) {
+      o = o * shape[d++] + i;
+    }
+    return static_cast<std::size_t>(o);
+  }
+};
+
+struct Checkpoint {
+  std::string family;  // as in `families` (gpt_oss_mxfp4 is model_type gpt_oss)
+  std::string model_type;
+  fs::path config_path, weights_path;
+  nlohmann::json config;
+  std::map<std::string, RawTensor> tensors;
+  int layer = 0;         // the MoE layer the tests load (the last one)
+  int dense_layer = -1;  // a dense layer, or -1 when every layer is MoE
+  int layers = 0;
+  std::int64_t hidden = 0, intermediate = 0, experts = 0, shared_intermediate = 0;
+  int k = 0;
+
+  [[nodiscard]] RawTensor const& t(std::string const& name) const { return tensors.at(name); }
+  [[nodiscard]] std::string prefix(int l) const {
+    return "model.layers." + std::to_string(l) + "." + (model_type == "mixtral" ? "block_sparse_moe." : "mlp.");
+  }
+};
+
+struct Writer {
+  std::mt19937 rng;
+  io::SafetensorsDtype dtype = io::SafetensorsDtype::bf16;
+  std::map<std::string, io::SafetensorsTensor> files;
+  std::map<std::string, RawTensor>* raw = nullptr;
+
+  // A floating tensor of uniform(-scale, scale) values, stored as `dtype` (or `as`).
+  void floats(std::string const& name, std::vector<std::int64_t> shape, float scale, float offset = 0.f) {
+    floats_as(name, std::move(shape), scale, offset, dtype);
+  }
+  void floats_as(std::string const& name, std::vector<std::int64_t> shape, float scale, float offset,
+                 io::SafetensorsDtype as) {
+    std::int64_t n = 1;
+    for (std::int64_t d : shape) {
+      n *= d;
+    }
+    std::uniform_real_distribution<float> u(-scale, scale);
+    RawTensor r;
+    r.shape = shape;
+    r.dtype = as;
+    r.values.resize(static_cast<std::size_t>(n));
+    if (as == io::SafetensorsDtype::bf16) {
+      std::vector<bf16_t> b(r.values.size());
+      for (std::size_t i = 0; i < b.size(); ++i) {
+        b[i] = bf16_t(u(rng) + offset);
+        r.values[i] = b[i].to_float();
+      }
+      files[name] = io::make_safetensors_tensor(b.data(), shape);
+    } else {
+      for (float& v : r.values) {
+        v = u(rng) + offset;
+      }
+      files[name] = io::make_safetensors_tensor(r.values.data(), shape);
+    }
+    (*raw)[name] = std::move(r);
+  }
+  // A U8 tensor of values in [lo, hi].
+  void bytes(std::string const& name, std::vector<std::int64_t> shape, int lo, int hi) {
+    std::int64_t n = 1;
+    for (std::int64_t d : shape) {
+      n *= d;
+    }
+    std::uniform_int_distribution<int> u(lo, hi);
+    RawTensor r;
+    r.shape = shape;
+    r.dtype = io::SafetensorsDtype::u8;
+    r.bytes.resize(static_cast<std::size_t>(n));
+    for (std::uint8_t& v : r.bytes) {
+      v = static_cast<std::uint8_t>(u(rng));
+    }
+    files[name] = io::make_safetensors_tensor(r.bytes.data(), shape);
+    (*raw)[name] = std::move(r);
+  }
+};
+
+// Writes `family`'s checkpoint into `dir` (config.json, model.safetensors). `weight_dtype`: BF16
+// (the released form) or F32. Returns false when writing failed (the Status message says why).
+inline bool write_checkpoint(fs::path const& dir, std::string const& family, Checkpoint& c, unsigned seed = 1,
+                             io::SafetensorsDtype weight_dtype = io::SafetensorsDtype::bf16) {
+  c = Checkpoint{};
+  c.family = family;
+  c.model_type = family == "gpt_oss_mxfp4" ? "gpt_oss" : family;
+  Writer w{std::mt19937(seed), weight_dtype, {}, &c.tensors};
+  nlohmann::json& j = c.config;
+  j = {{"model_type", c.model_type}, {"hidden_act", "silu"}, {"num_experts_per_tok", 2}};
+  c.k = 2;
+  c.hidden = 24;
+  c.intermediate = 16;
+  c.experts = 8;
+  c.layers = 2;
+  float const wscale = 0.3f;
+  if (c.model_type == "mixtral") {
+    j["num_local_experts"] = 8;
+    j["intermediate_size"] = 16;
+  } else if (c.model_type == "qwen2_moe") {
+    j["num_experts"] = 8;
+    j["moe_intermediate_size"] = 16;
+    j["intermediate_size"] = 40;
+    j["shared_expert_intermediate_size"] = 20;
+    j["norm_topk_prob"] = false;
+    j["decoder_sparse_step"] = 1;
+    j["mlp_only_layers"] = {0};
+    c.shared_intermediate = 20;
+    c.dense_layer = 0;
+  } else if (c.model_type == "qwen3_moe") {
+    j["num_experts"] = 8;
+    j["moe_intermediate_size"] = 16;
+    j["intermediate_size"] = 40;
+    j["norm_topk_prob"] = true;
+    j["decoder_sparse_step"] = 2;
+    j["mlp_only_layers"] = nlohmann::json::array();
+    c.dense_layer = 0;
+  } else if (c.model_type == "olmoe") {
+    j["num_experts"] = 8;
+    j["intermediate_size"] = 16;
+    j["norm_topk_prob"] = false;
+  } else if (c.model_type == "deepseek_v3") {
+    c.experts = 16;
+    c.layers = 3;
+    c.shared_intermediate = 16;
+    c.dense_layer = 0;
+    j["n_routed_experts"] = 16;
+    j["moe_intermediate_size"] = 16;
+    j["intermediate_size"] = 48;
+    j["n_shared_experts"] = 1;
+    j["n_group"] = 4;
+    j["topk_group"] = 2;
+    j["topk_method"] = "noaux_tc";
+    j["scoring_func"] = "sigmoid";
+    j["norm_topk_prob"] = true;
+    j["routed_scaling_factor"] = 2.5;
+    j["first_k_dense_replace"] = 1;
+    j["moe_layer_freq"] = 1;
+  } else if (c.model_type == "gpt_oss") {
+    c.hidden = 32;
+    c.intermediate = 32;
+    c.experts = 4;
+    j["num_local_experts"] = 4;
+    j["intermediate_size"] = 32;
+    j["swiglu_limit"] = 1.0;
+  } else {
+    return false;
+  }
+  j["hidden_size"] = c.hidden;
+  j["num_hidden_layers"] = c.layers;
+  c.layer = c.layers - 1;
+  std::int64_t const H = c.hidden, I = c.intermediate, E = c.experts;
+  for (int l = 0; l < c.layers; ++l) {
+    std::string const p = c.prefix(l);
+    if (l == c.dense_layer) {  // a dense SwiGLU MLP, which the loader must refuse to read as MoE
+      std::int64_t const Id = j["intermediate_size"].get<std::int64_t>();
+      w.floats(p + "gate_proj.weight", {Id, H}, wscale);
+      w.floats(p + "up_proj.weight", {Id, H}, wscale);
+      w.floats(p + "down_proj.weight", {H, Id}, wscale);
+      continue;
+    }
+    if (c.model_type == "gpt_oss") {
+      w.floats(p + "router.weight", {E, H}, 0.5f);
+      w.floats(p + "router.bias", {E}, 0.5f);
+      std::string const x = p + "experts.";
+      if (family == "gpt_oss_mxfp4") {
+        // Codes 0..15 in both nibbles; scales 2^-6..2^-3 so that |values| <= 0.75.
+        w.bytes(x + "gate_up_proj_blocks", {E, 2 * I, H / 32, 16}, 0, 255);
+        w.bytes(x + "gate_up_proj_scales", {E, 2 * I, H / 32}, 121, 124);
+        w.bytes(x + "down_proj_blocks", {E, H, I / 32, 16}, 0, 255);
+        w.bytes(x + "down_proj_scales", {E, H, I / 32}, 121, 124);
+      } else {
+        w.floats(x + "gate_up_proj", {E, H, 2 * I}, wscale);
+        w.floats(x + "down_proj", {E, I, H}, wscale);
+      }
+      w.floats(x + "gate_up_proj_bias", {E, 2 * I}, 0.2f);
+      w.floats(x + "down_proj_bias", {E, H}, 0.2f);
+      continue;
+    }
+    w.floats(p + "gate.weight", {E, H}, 0.5f);
+    if (c.model_type == "deepseek_v3") {  // F32 as released; biases of both signs
+      w.floats_as(p + "gate.e_score_correction_bias", {E}, 0.2f, 0.f, io::SafetensorsDtype::f32);
+    }
+    bool const mixtral = c.model_type == "mixtral";
+    for (std::int64_t e = 0; e < E; ++e) {
+      std::string const x = p + "experts." + std::to_string(e) + ".";
+      w.floats(x + (mixtral ? "w1" : "gate_proj") + ".weight", {I, H}, wscale);
+      w.floats(x + (mixtral ? "w3" : "up_proj") + ".weight", {I, H}, wscale);
+      w.floats(x + (mixtral ? "w2" : "down_proj") + ".weight", {H, I}, wscale);
+    }
+    if (c.shared_intermediate > 0) {
+      std::int64_t const Is = c.shared_intermediate;
+      std::string const x = p + (c.model_type == "qwen2_moe" ? "shared_expert." : "shared_experts.");
+      w.floats(x + "gate_proj.weight", {Is, H}, wscale);
+      w.floats(x + "up_proj.weight", {Is, H}, wscale);
+      w.floats(x + "down_proj.weight", {H, Is}, wscale);
+      if (c.model_type == "qwen2_moe") {
+        w.floats(p + "shared_expert_gate.weight", {1, H}, 0.5f);
+      }
+    }
+  }
+  fs::create_directories(dir);
+  c.config_path = dir / "config.json";
+  c.weights_path = dir / "model.safetensors";
+  std::ofstream(c.config_path) << j.dump(2);
+  return io::write_safetensors(c.weights_path, w.files) == Status::ok;
+}
+
+// ---- The raw tensors in their on-disk layout (§1.10, §1.10.1), for expert e of the test layer ---
+
+inline double mxfp4_value(RawTensor const& blocks, RawTensor const& scales, std::int64_t e, std::int64_t row,
+                          std::int64_t col) {
+  static constexpr double lut[16] = {0, 0.5, 1, 1.5, 2, 3, 4, 6, -0.0, -0.5, -1, -1.5, -2, -3, -4, -6};
+  std::uint8_t const b = blocks.byte({e, row, col / 32, (col % 32) / 2});
+  int const code = (col % 2 == 0) ? (b & 0x0F) : (b >> 4);
+  return std::ldexp(lut[code], int(scales.byte({e, row, col / 32})) - 127);
+}
+
+// W_gate[m, h], W_up[m, h] ([I, H]), W_down[h, m] ([H, I]) and biases of routed expert e.
+struct RawExpert {
+  Checkpoint const& c;
+  std::int64_t e;
+
+  [[nodiscard]] std::string name(char const* mixtral, char const* other) const {
+    return c.prefix(c.layer) + "experts." + std::to_string(e) + "." + (c.model_type == "mixtral" ? mixtral : other) +
+           ".weight";
+  }
+  // gpt-oss's gate_up column / row c of expert e at input h.
+  [[nodiscard]] double gate_up(std::int64_t col, std::int64_t h) const {
+    std::string const x = c.prefix(c.layer) + "experts.";
+    if (c.family == "gpt_oss_mxfp4") {  // [E, 2I, H/32, 16]: [out, in]
+      return mxfp4_value(c.t(x + "gate_up_proj_blocks"), c.t(x + "gate_up_proj_scales"), e, col, h);
+    }
+    return c.t(x + "gate_up_proj").at({e, h, col});  // [E, H, 2I]: [in, out]
+  }
+  [[nodiscard]] double gate(std::int64_t m, std::int64_t h) const {
+    if (c.model_type == "gpt_oss") {
+      return gate_up(2 * m, h);
+    }
+    return c.t(name("w1", "gate_proj")).at({m, h});
+  }
+  [[nodiscard]] double up(std::int64_t m, std::int64_t h) const {
+    if (c.model_type == "gpt_oss") {
+      return gate_up(2 * m + 1, h);
+    }
+    return c.t(name("w3", "up_proj")).at({m, h});
+  }
+  [[nodiscard]] double down(std::int64_t h, std::int64_t m) const {
+    if (c.model_type == "gpt_oss") {
+      std::string const x = c.prefix(c.layer) + "experts.";
+      if (c.family == "gpt_oss_mxfp4") {  // [E, H, I/32, 16]
+        return mxfp4_value(c.t(x + "down_proj_blocks"), c.t(x + "down_proj_scales"), e, h, m);
+      }
+      return c.t(x + "down_proj").at({e, m, h});  // [E, I, H]
+    }
+    return c.t(name("w2", "down_proj")).at({h, m});
+  }
+  [[nodiscard]] double gate_bias(std::int64_t m) const {
+    return c.model_type == "gpt_oss" ? c.t(c.prefix(c.layer) + "experts.gate_up_proj_bias").at({e, 2 * m}) : 0.0;
+  }
+  [[nodiscard]] double up_bias(std::int64_t m) const {
+    return c.model_type == "gpt_oss" ? c.t(c.prefix(c.layer) + "experts.gate_up_proj_bias").at({e, 2 * m + 1}) : 0.0;
+  }
+  [[nodiscard]] double down_bias(std::int64_t h) const {
+    return c.model_type == "gpt_oss" ? c.t(c.prefix(c.layer) + "experts.down_proj_bias").at({e, h}) : 0.0;
+  }
+};
+
+// The shared expert's raw tensors (present when c.shared_intermediate > 0).
+struct RawShared {
+  Checkpoint const& c;
+  [[nodiscard]] std::string name(char const* proj) const {
+    return c.prefix(c.layer) + (c.model_type == "qwen2_moe" ? "shared_expert." : "shared_experts.") + proj + ".weight";
+  }
+  [[nodiscard]] double gate(std::int64_t m, std::int64_t h) const { return c.t(name("gate_proj")).at({m, h}); }
+  [[nodiscard]] double up(std::int64_t m, std::int64_t h) const { return c.t(name("up_proj")).at({m, h}); }
+  [[nodiscard]] double down(std::int64_t h, std::int64_t m) const { return c.t(name("down_proj")).at({h, m}); }
+  [[nodiscard]] bool has_gate_vector() const { return c.model_type == "qwen2_moe"; }
+  [[nodiscard]] double gate_vector(std::int64_t h) const {
+    return c.t(c.prefix(c.layer) + "shared_expert_gate.weight").at({0, h});
+  }
+};
+
+[[nodiscard]] inline std::string router_name(Checkpoint const& c) {
+  return c.prefix(c.layer) + (c.model_type == "gpt_oss" ? "router.weight" : "gate.weight");
+}
+
+// Random activations x [T, H] in (-1, 1).
+inline std::vector<float> random_x(std::int64_t tokens, std::int64_t hidden, unsigned seed) {
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> u(-1.f, 1.f);
+  std::vector<float> x(static_cast<std::size_t>(tokens * hidden));
+  for (float& v : x) {
+    v = u(rng);
+  }
+  return x;
+}
+
+// ---- The oracle: a loaded block through the host references -------------------------------------
+
+struct BlockOutput {
+  std::vector<int> ids;        // [T, K]
+  std::vector<float> weights;  // [T, K]
+  std::vector<float> y;        // [T, H]
+};
+
+template <class W>
+Status reference_block(io::MoeBlock<W> const& b, std::vector<float> const& x, BlockOutput& out) {
+  std::int64_t const H = b.hidden, E = b.experts, K = b.router.num_experts_per_tok;
+  std::int64_t const T = static_cast<std::int64_t>(x.size()) / H;
+  std::vector<float> logits(static_cast<std::size_t>(T * E));
+  routing::GateProjectionBuffers<float, float, MemorySpace::host> const gp{
+      HostTensor<float const, 2>::row_major(x.data(), {T, H}), b.router_weight_view(), b.router_bias_view(),
+      HostTensor<float, 2>::row_major(logits.data(), {T, E})};
+  if (Status s = host::reference_gate_projection(gp); !s) {
+    return s;
+  }
+  out.ids.assign(static_cast<std::size_t>(T * K), 0);
+  out.weights.assign(out.ids.size(), 0.f);
+  routing::RouteBuffers<MemorySpace::host> const rb{HostTensor<float const, 2>::row_major(logits.data(), {T, E}),
+                                                    HostTensor<int, 2>::row_major(out.ids.data(), {T, K}),
+                                                    HostTensor<float, 2>::row_major(out.weights.data(), {T, K})};
+  if (b.router.kind == io::RouterKind::top_k) {
+    routing::TopK<8> r{};
+    if (Status s = io::make_top_k_router(b.router, r); !s) {
+      return s;
+    }
+    if (Status s = host::reference_route(r, rb); !s) {
+      return s;
+    }
+  } else {
+    routing::GroupedTopK<8> r{};
+    if (Status s = io::make_grouped_router(b.router, b.correction_bias.empty() ? nullptr : b.correction_bias.data(), r);
+        !s) {
+      return s;
+    }
+    if (Status s = host::reference_route(r, rb); !s) {
+      return s;
+    }
+  }
+  // The MlpWeights views, one host::ExpertWeights per expert.
+  experts::MlpWeights<W, MemorySpace::host> const mw = b.expert_weights();
+  std::int64_t const I = mw.intermediate();
+  std::vector<host::ExpertWeights<W>> ew(static_cast<std::size_t>(E));
+  for (std::int64_t e = 0; e < E; ++e) {
+    host::ExpertWeights<W>& w = ew[static_cast<std::size_t>(e)];
+    w.gate = HostTensor<W const, 2>::row_major(mw.gate.pointer(e, 0, 0), {I, H});
+    w.up = HostTensor<W const, 2>::row_major(mw.up.pointer(e, 0, 0), {I, H});
+    w.down = HostTensor<W const, 2>::row_major(mw.down.pointer(e, 0, 0), {H, I});
+    if (mw.gate_bias.data != nullptr) {
+      w.gate_bias = HostTensor<W const, 1>::row_major(mw.gate_bias.pointer(e, 0), {I});
+      w.up_bias = HostTensor<W const, 1>::row_major(mw.up_bias.pointer(e, 0), {I});
+      w.down_bias = HostTensor<W const, 1>::row_major(mw.down_bias.pointer(e, 0), {H});
+    }
+  }
+  host::ExpertFunction fn{};
+  if (b.function == io::HfExpertFunction::clamped_swiglu) {
+    fn.kind = host::ExpertKind::clamped_swiglu;
+    fn.clamp = {double(b.swiglu_alpha), double(b.swiglu_limit)};
+  }
+  experts::SharedExpertWeights<W, MemorySpace::host> const sw = b.shared_weights();
+  host::SharedExpert<W> shared{};
+  if (sw.present()) {
+    std::int64_t const Is = b.shared_intermediate;
+    shared.weights.gate = HostTensor<W const, 2>::row_major(sw.weights.gate.pointer(0, 0, 0), {Is, H});
+    shared.weights.up = HostTensor<W const, 2>::row_major(sw.weights.up.pointer(0, 0, 0), {Is, H});
+    shared.weights.down = HostTensor<W const, 2>::row_major(sw.weights.down.pointer(0, 0, 0), {H, Is});
+    shared.gate = sw.gate;
+  }
+  out.y.assign(static_cast<std::size_t>(T * H), 0.f);
+  return host::reference_moe_combine<float, W>(HostTensor<float const, 2>::row_major(x.data(), {T, H}),
+                                               HostTensor<int const, 2>::row_major(out.ids.data(), {T, K}),
+                                               HostTensor<float const, 2>::row_major(out.weights.data(), {T, K}),
+                                               std::span<host::ExpertWeights<W> const>(ew), fn,
+                                               host::WeightPosition::after_expert, sw.present() ? &shared : nullptr,
+                                               HostTensor<float, 2>::row_major(out.y.data(), {T, H}));
+}
+
+}  // namespace moekit::test_hf

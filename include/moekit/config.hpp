@@ -27,6 +27,8 @@
 #define MOEKIT_DEVICE __device__
 #define MOEKIT_HOST_DEVICE __host__ __device__
 #define MOEKIT_FORCEINLINE __forceinline__
+// Full unrolling where register arrays are indexed by the loop counter (else they go to local memory).
+#define MOEKIT_UNROLL _Pragma("unroll")
 // Hidden visibility: two shared libraries holding the same weak kernel symbol can otherwise
 // launch each other's kernel, or none (cccl#166, cutlass#1027).
 #define MOEKIT_KERNEL __global__ __attribute__((visibility("hidden")))
@@ -36,6 +38,7 @@
 #define MOEKIT_DEVICE
 #define MOEKIT_HOST_DEVICE
 #define MOEKIT_FORCEINLINE inline __attribute__((always_inline))
+#define MOEKIT_UNROLL
 // Under emulation a kernel is an ordinary inline function that emu::launch runs once per thread.
 #define MOEKIT_KERNEL inline __attribute__((visibility("hidden")))
 #define MOEKIT_LAUNCH_BOUNDS(max_threads, min_blocks)

@@ -121,6 +121,7 @@ MOEKIT_DEVICE void load_slice(arch::SharedArray<T, N>& dst, std::size_t base, Ro
       arch::cp_async<16>(dst.data() + at, from, static_cast<unsigned>(valid * 2));
     } else {
       float const s = valid > 0 && scaled ? scale(r) : 1.0f;
+      MOEKIT_UNROLL
       for (int i = 0; i < 8; ++i) {
         T v = T(0.0f);
         if (i < valid) {
@@ -143,6 +144,7 @@ MOEKIT_DEVICE void mainloop(GemmStorage<Cfg, NumB, T>& s, std::int64_t k_extent,
     if (kt < k_tiles) {
       int const stage = static_cast<int>(kt % S);
       load_a(kt * Cfg::block_k, stage);
+      MOEKIT_UNROLL
       for (int b = 0; b < NumB; ++b) {
         load_b(b, kt * Cfg::block_k, stage);
       }
@@ -163,22 +165,27 @@ MOEKIT_DEVICE void mainloop(GemmStorage<Cfg, NumB, T>& s, std::int64_t k_extent,
     load_stage(kt + S - 1);
     int const stage = static_cast<int>(kt % S);
     T const* sa = s.a.data() + static_cast<std::size_t>(stage) * Cfg::block_m * Cfg::smem_row;
+    MOEKIT_UNROLL
     for (int k16 = 0; k16 < Cfg::block_k; k16 += 16) {
       // ldmatrix.x4: lanes 8m..8m+7 address the rows of 8x8 matrix m.
       std::uint32_t fa[Cfg::m_tiles][4];
+      MOEKIT_UNROLL
       for (int mt = 0; mt < Cfg::m_tiles; ++mt) {
         int const row = warp_row + mt * 16 + r8 + 8 * (j & 1);
         arch::ldmatrix_x4(fa[mt], sa + row * Cfg::smem_row + k16 + 8 * (j >> 1));
       }
+      MOEKIT_UNROLL
       for (int b = 0; b < NumB; ++b) {
         T const* sb = s.b.data() + (static_cast<std::size_t>(b) * S + static_cast<std::size_t>(stage)) * Cfg::block_n *
                                        Cfg::smem_row;
+        MOEKIT_UNROLL
         for (int np = 0; np < Cfg::n_tiles / 2; ++np) {
           int const row = warp_col + np * 16 + r8 + 8 * (j >> 1);
           std::uint32_t regs[4];
           arch::ldmatrix_x4(regs, sb + row * Cfg::smem_row + k16 + 8 * (j & 1));
           std::uint32_t const lo[2] = {regs[0], regs[1]};
           std::uint32_t const hi[2] = {regs[2], regs[3]};
+          MOEKIT_UNROLL
           for (int mt = 0; mt < Cfg::m_tiles; ++mt) {
             mma<T>(acc[b][mt][2 * np], fa[mt], lo);
             mma<T>(acc[b][mt][2 * np + 1], fa[mt], hi);
@@ -200,8 +207,11 @@ MOEKIT_DEVICE void for_each_fragment_element(F const& f) {
   int const warp_row = static_cast<int>(warp / Cfg::warps_n) * Cfg::warp_m;
   int const warp_col = static_cast<int>(warp % Cfg::warps_n) * Cfg::warp_n;
   int const g = static_cast<int>(lane / 4), t = static_cast<int>(lane % 4);
+  MOEKIT_UNROLL
   for (int mt = 0; mt < Cfg::m_tiles; ++mt) {
+    MOEKIT_UNROLL
     for (int nt = 0; nt < Cfg::n_tiles; ++nt) {
+      MOEKIT_UNROLL
       for (int i = 0; i < 4; ++i) {
         f(mt, nt, i, warp_row + mt * 16 + g + 8 * (i >> 1), warp_col + nt * 8 + 2 * t + (i & 1));
       }
@@ -286,6 +296,7 @@ MOEKIT_KERNEL void MOEKIT_LAUNCH_BOUNDS(Cfg::threads, 1) expert_up_kernel(UpPara
         return;
       }
       float v[2];
+      MOEKIT_UNROLL
       for (int b = 0; b < 2; ++b) {
         int const bb = b < NumB ? b : 0;
         ExpertBias<X> const& bias = biases[bb];

@@ -9,8 +9,8 @@ if(MOEKIT_ENABLE_CUDA)
     TENSOR_CORE_KERNELS "expert_up_kernel" "expert_down_kernel"
     LAUNCH "expert_up_kernelINS1_12KernelConfigILi64ELi64ELi32ELi2ELi2ELi3EEENS0_7experts8PlainMlp=128:31488"
            "expert_up_kernelINS1_12KernelConfigILi64=128:46848"
-           "expert_up_kernelINS1_12KernelConfigILi16=128:62400"
+           "expert_up_kernelINS1_12KernelConfigILi16=128:62464"
            "expert_down_kernelINS1_12KernelConfigILi64=128:31488"
-           "expert_down_kernelINS1_12KernelConfigILi16=128:34752"
+           "expert_down_kernelINS1_12KernelConfigILi16=128:34816"
            "combine_kernel=128")
 endif()

@@ -8,16 +8,26 @@
 
 namespace moekit::experts {
 
-// One thread per 32 elements of a row of expert e: out [out, in] dense.
-template <class Out>
-MOEKIT_KERNEL void dequantize_rows_kernel(QuantizedWeights<MemorySpace::device> w, std::int64_t e, Out* out) {
+// One thread per 32 elements of a row of expert e (row r, chunk c): out [out, in] dense.
+__device__ inline bool this_thread_chunk(QuantizedWeights<MemorySpace::device> const& w, std::int64_t& r,
+                                         std::int64_t& c) {
   std::int64_t const chunks = w.in / 32;
   std::int64_t const t = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (t >= w.out * chunks) {
+    return false;
+  }
+  r = t / chunks;
+  c = t % chunks;
+  return true;
+}
+
+template <class Out>
+MOEKIT_KERNEL void dequantize_rows_kernel(QuantizedWeights<MemorySpace::device> w, std::int64_t e, Out* out) {
+  std::int64_t r = 0;
+  std::int64_t c = 0;
+  if (!this_thread_chunk(w, r, c)) {
     return;
   }
-  std::int64_t const r = t / chunks;
-  std::int64_t const c = t % chunks;
   dequantize_run(w.row(e, r), w.bits[e], c * 32, 32, w.row_scales(e, r), w.row_zeros(e, r), w.group,
                  out + r * w.in + c * 32);
 }
@@ -26,13 +36,11 @@ MOEKIT_KERNEL void dequantize_rows_kernel(QuantizedWeights<MemorySpace::device> 
 // they are read as B 32-bit words and decoded eight codes (B bytes) at a time.
 template <int B, class Out>
 MOEKIT_KERNEL void dequantize_chunk_kernel(QuantizedWeights<MemorySpace::device> w, std::int64_t e, Out* out) {
-  std::int64_t const chunks = w.in / 32;
-  std::int64_t const t = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (t >= w.out * chunks) {
+  std::int64_t r = 0;
+  std::int64_t c = 0;
+  if (!this_thread_chunk(w, r, c)) {
     return;
   }
-  std::int64_t const r = t / chunks;
-  std::int64_t const c = t % chunks;
   auto const* words = reinterpret_cast<std::uint32_t const*>(w.row(e, r) + c * 4 * B);
   std::uint32_t packed[B];
 #pragma unroll

@@ -43,6 +43,22 @@ namespace fs = std::filesystem;
 inline std::vector<std::string> const families = {"mixtral",     "qwen2_moe", "qwen3_moe",    "olmoe",
                                                   "deepseek_v3", "gpt_oss",   "gpt_oss_mxfp4"};
 
+// A fresh folder below `root`, removed with everything in it at the end of the scope.
+struct TempDir {
+  fs::path dir;
+  explicit TempDir(fs::path const& root = fs::temp_directory_path()) {
+    std::random_device rd;
+    dir = root / ("moekit_hf_" + std::to_string(rd()) + std::to_string(rd()));
+    fs::create_directories(dir);
+  }
+  ~TempDir() {
+    std::error_code ec;
+    fs::remove_all(dir, ec);
+  }
+  TempDir(TempDir const&) = delete;
+  TempDir& operator=(TempDir const&) = delete;
+};
+
 struct RawTensor {
   std::vector<std::int64_t> shape;
   std::vector<float> values;        // floating tensors (the values written, after any bf16 rounding)
@@ -275,67 +291,82 @@ inline double mxfp4_value(RawTensor const& blocks, RawTensor const& scales, std:
 
 // W_gate[m, h], W_up[m, h] ([I, H]), W_down[h, m] ([H, I]) and biases of routed expert e.
 struct RawExpert {
-  Checkpoint const& c;
   std::int64_t e;
+  bool gpt_oss, mxfp4;
+  // Per-expert [out, in] matrices (null for gpt-oss), or gpt-oss's fused tensors of the layer.
+  RawTensor const *w_gate = nullptr, *w_up = nullptr, *w_down = nullptr;
+  RawTensor const *gate_up_t = nullptr, *down_t = nullptr, *gu_blocks = nullptr, *gu_scales = nullptr,
+                  *down_blocks = nullptr, *down_scales = nullptr, *gu_bias = nullptr, *d_bias = nullptr;
 
-  [[nodiscard]] std::string name(char const* mixtral, char const* other) const {
-    return c.prefix(c.layer) + "experts." + std::to_string(e) + "." + (c.model_type == "mixtral" ? mixtral : other) +
-           ".weight";
-  }
-  // gpt-oss's gate_up column / row c of expert e at input h.
-  [[nodiscard]] double gate_up(std::int64_t col, std::int64_t h) const {
+  RawExpert(Checkpoint const& c, std::int64_t expert)
+      : e(expert), gpt_oss(c.model_type == "gpt_oss"), mxfp4(c.family == "gpt_oss_mxfp4") {
     std::string const x = c.prefix(c.layer) + "experts.";
-    if (c.family == "gpt_oss_mxfp4") {  // [E, 2I, H/32, 16]: [out, in]
-      return mxfp4_value(c.t(x + "gate_up_proj_blocks"), c.t(x + "gate_up_proj_scales"), e, col, h);
+    if (!gpt_oss) {
+      bool const mixtral = c.model_type == "mixtral";
+      std::string const p = x + std::to_string(e) + ".";
+      w_gate = &c.t(p + (mixtral ? "w1" : "gate_proj") + ".weight");
+      w_up = &c.t(p + (mixtral ? "w3" : "up_proj") + ".weight");
+      w_down = &c.t(p + (mixtral ? "w2" : "down_proj") + ".weight");
+      return;
     }
-    return c.t(x + "gate_up_proj").at({e, h, col});  // [E, H, 2I]: [in, out]
+    if (mxfp4) {
+      gu_blocks = &c.t(x + "gate_up_proj_blocks");
+      gu_scales = &c.t(x + "gate_up_proj_scales");
+      down_blocks = &c.t(x + "down_proj_blocks");
+      down_scales = &c.t(x + "down_proj_scales");
+    } else {
+      gate_up_t = &c.t(x + "gate_up_proj");
+      down_t = &c.t(x + "down_proj");
+    }
+    gu_bias = &c.t(x + "gate_up_proj_bias");
+    d_bias = &c.t(x + "down_proj_bias");
+  }
+
+  // gpt-oss's gate_up output `col` at input h.
+  [[nodiscard]] double gate_up(std::int64_t col, std::int64_t h) const {
+    if (mxfp4) {  // [E, 2I, H/32, 16]: [out, in]
+      return mxfp4_value(*gu_blocks, *gu_scales, e, col, h);
+    }
+    return gate_up_t->at({e, h, col});  // [E, H, 2I]: [in, out]
   }
   [[nodiscard]] double gate(std::int64_t m, std::int64_t h) const {
-    if (c.model_type == "gpt_oss") {
-      return gate_up(2 * m, h);
-    }
-    return c.t(name("w1", "gate_proj")).at({m, h});
+    return gpt_oss ? gate_up(2 * m, h) : w_gate->at({m, h});
   }
   [[nodiscard]] double up(std::int64_t m, std::int64_t h) const {
-    if (c.model_type == "gpt_oss") {
-      return gate_up(2 * m + 1, h);
-    }
-    return c.t(name("w3", "up_proj")).at({m, h});
+    return gpt_oss ? gate_up(2 * m + 1, h) : w_up->at({m, h});
   }
   [[nodiscard]] double down(std::int64_t h, std::int64_t m) const {
-    if (c.model_type == "gpt_oss") {
-      std::string const x = c.prefix(c.layer) + "experts.";
-      if (c.family == "gpt_oss_mxfp4") {  // [E, H, I/32, 16]
-        return mxfp4_value(c.t(x + "down_proj_blocks"), c.t(x + "down_proj_scales"), e, h, m);
-      }
-      return c.t(x + "down_proj").at({e, m, h});  // [E, I, H]
+    if (!gpt_oss) {
+      return w_down->at({h, m});
     }
-    return c.t(name("w2", "down_proj")).at({h, m});
+    if (mxfp4) {  // [E, H, I/32, 16]
+      return mxfp4_value(*down_blocks, *down_scales, e, h, m);
+    }
+    return down_t->at({e, m, h});  // [E, I, H]
   }
-  [[nodiscard]] double gate_bias(std::int64_t m) const {
-    return c.model_type == "gpt_oss" ? c.t(c.prefix(c.layer) + "experts.gate_up_proj_bias").at({e, 2 * m}) : 0.0;
-  }
-  [[nodiscard]] double up_bias(std::int64_t m) const {
-    return c.model_type == "gpt_oss" ? c.t(c.prefix(c.layer) + "experts.gate_up_proj_bias").at({e, 2 * m + 1}) : 0.0;
-  }
-  [[nodiscard]] double down_bias(std::int64_t h) const {
-    return c.model_type == "gpt_oss" ? c.t(c.prefix(c.layer) + "experts.down_proj_bias").at({e, h}) : 0.0;
-  }
+  [[nodiscard]] double gate_bias(std::int64_t m) const { return gpt_oss ? gu_bias->at({e, 2 * m}) : 0.0; }
+  [[nodiscard]] double up_bias(std::int64_t m) const { return gpt_oss ? gu_bias->at({e, 2 * m + 1}) : 0.0; }
+  [[nodiscard]] double down_bias(std::int64_t h) const { return gpt_oss ? d_bias->at({e, h}) : 0.0; }
 };
 
 // The shared expert's raw tensors (present when c.shared_intermediate > 0).
 struct RawShared {
-  Checkpoint const& c;
-  [[nodiscard]] std::string name(char const* proj) const {
-    return c.prefix(c.layer) + (c.model_type == "qwen2_moe" ? "shared_expert." : "shared_experts.") + proj + ".weight";
+  RawTensor const *w_gate, *w_up, *w_down, *gate_weight = nullptr;
+
+  explicit RawShared(Checkpoint const& c) {
+    std::string const p = c.prefix(c.layer) + (c.model_type == "qwen2_moe" ? "shared_expert." : "shared_experts.");
+    w_gate = &c.t(p + "gate_proj.weight");
+    w_up = &c.t(p + "up_proj.weight");
+    w_down = &c.t(p + "down_proj.weight");
+    if (c.model_type == "qwen2_moe") {
+      gate_weight = &c.t(c.prefix(c.layer) + "shared_expert_gate.weight");
+    }
   }
-  [[nodiscard]] double gate(std::int64_t m, std::int64_t h) const { return c.t(name("gate_proj")).at({m, h}); }
-  [[nodiscard]] double up(std::int64_t m, std::int64_t h) const { return c.t(name("up_proj")).at({m, h}); }
-  [[nodiscard]] double down(std::int64_t h, std::int64_t m) const { return c.t(name("down_proj")).at({h, m}); }
-  [[nodiscard]] bool has_gate_vector() const { return c.model_type == "qwen2_moe"; }
-  [[nodiscard]] double gate_vector(std::int64_t h) const {
-    return c.t(c.prefix(c.layer) + "shared_expert_gate.weight").at({0, h});
-  }
+  [[nodiscard]] double gate(std::int64_t m, std::int64_t h) const { return w_gate->at({m, h}); }
+  [[nodiscard]] double up(std::int64_t m, std::int64_t h) const { return w_up->at({m, h}); }
+  [[nodiscard]] double down(std::int64_t h, std::int64_t m) const { return w_down->at({h, m}); }
+  [[nodiscard]] bool has_gate_vector() const { return gate_weight != nullptr; }
+  [[nodiscard]] double gate_vector(std::int64_t h) const { return gate_weight->at({0, h}); }
 };
 
 [[nodiscard]] inline std::string router_name(Checkpoint const& c) {

@@ -31,20 +31,7 @@ using test_hf::Checkpoint;
 
 namespace {
 
-struct TempDir {
-  fs::path dir;
-  TempDir() {
-    std::random_device rd;
-    dir = fs::temp_directory_path() / ("moekit_hf_checkpoint_" + std::to_string(rd()) + std::to_string(rd()));
-    fs::create_directories(dir);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(dir, ec);
-  }
-  TempDir(TempDir const&) = delete;
-  TempDir& operator=(TempDir const&) = delete;
-};
+using test_hf::TempDir;
 
 template <class W>
 io::MoeBlock<W> load_ok(Checkpoint const& c, int layer) {

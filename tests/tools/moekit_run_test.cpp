@@ -30,19 +30,9 @@ namespace fs = std::filesystem;
 
 namespace {
 
-struct Work {
-  fs::path dir;
-  Work() {
-    std::random_device rd;
-    dir = fs::path(MOEKIT_RUN_WORK_DIR) / ("case_" + std::to_string(rd()) + std::to_string(rd()));
-    fs::create_directories(dir);
-  }
-  ~Work() {
-    std::error_code ec;
-    fs::remove_all(dir, ec);
-  }
-  Work(Work const&) = delete;
-  Work& operator=(Work const&) = delete;
+// A fresh folder under the build tree's work folder.
+struct Work : test_hf::TempDir {
+  Work() : test_hf::TempDir(fs::path(MOEKIT_RUN_WORK_DIR)) {}
 };
 
 struct Run {

@@ -38,12 +38,19 @@
 #include "moekit/experts/concept.hpp"
 #include "moekit/experts/expert_args.hpp"
 #include "moekit/kernels/expert_stage.hpp"
+#include "moekit/kernels/fused_layer.hpp"
 #include "moekit/kernels/kernel_config.hpp"
 #include "moekit/routing/concept.hpp"
 #include "moekit/routing/gate_projection.hpp"
 #include "moekit/routing/route.hpp"
 
 MOEKIT_NAMESPACE_BEGIN
+
+// How the device path launches: one persistent cooperative kernel for the whole layer (the
+// default), or one kernel per stage (gate projection, route, 3 plan kernels, 2 GEMMs per MLP,
+// combine). Both give the same bits. The fused launch falls back to the multi-launch path when
+// the device cannot hold even one of its blocks.
+enum class LayerLaunch { fused, multi };
 
 // The default Config: decode tiles for T ≤ decode_tokens, prefill tiles above.
 struct AdaptiveConfig {
@@ -152,7 +159,8 @@ class MoeLayer {
   template <class X, class Y>
   [[nodiscard]] static Status run(Router const& router, Balancer const& balancer, Expert const& expert,
                                   Problem const& p, Arguments<X, Y, MemorySpace::device> const& a, Workspace& workspace,
-                                  arch::Stream stream) {
+                                  arch::Stream stream, LayerLaunch launch = LayerLaunch::fused,
+                                  kernels::LaunchOptions const& options = {}) {
     if (Status s = can_implement<X, Y>(router, balancer, expert, p, true); !s) {
       return s;
     }
@@ -160,21 +168,43 @@ class MoeLayer {
     if (Status s = prepare(router, expert, p, a, workspace, r); !s) {
       return s;
     }
-    if (Status s = routing::gate_projection(gate_buffers(a, r), stream); !s) {
-      return s;
-    }
-    if (Status s = routing::route(router, route_buffers(r), a.diagnostics, stream); !s) {
-      return s;
-    }
-    if (Status s = run_balancer(balancer, a, r, workspace, stream); !s) {
-      return s;
-    }
     experts::ExpertProblem const ep = expert_problem(router, p);
     auto const stage_args = expert_args(a, r);
-    if (use_decode_tiles(p)) {
-      return kernels::run_expert_stage<kernels::DecodeConfig>(expert, ep, stage_args, workspace, a.diagnostics, stream);
+    if (launch == LayerLaunch::fused) {
+      Workspace stage_workspace = workspace;  // the fallback below carves the same buffers again
+      Status const s =
+          use_decode_tiles(p)
+              ? kernels::run_fused_layer<kernels::DecodeConfig>(router, expert, ep, gate_buffers(a, r),
+                                                                route_buffers(r), stage_args, stage_workspace,
+                                                                a.diagnostics, stream, options)
+              : kernels::run_fused_layer<kernels::PrefillConfig>(router, expert, ep, gate_buffers(a, r),
+                                                                 route_buffers(r), stage_args, stage_workspace,
+                                                                 a.diagnostics, stream, options);
+      if (s != Status::unsupported_config) {
+        if (!s) {
+          return s;
+        }
+        return run_balancer(balancer, a, r, stage_workspace, stream);
+      }
     }
-    return kernels::run_expert_stage<kernels::PrefillConfig>(expert, ep, stage_args, workspace, a.diagnostics, stream);
+    if (Status s = routing::gate_projection(gate_buffers(a, r), stream, options.max_blocks); !s) {
+      return s;
+    }
+    if (Status s = routing::route(router, route_buffers(r), a.diagnostics, stream, options.max_blocks); !s) {
+      return s;
+    }
+    if (use_decode_tiles(p)) {
+      if (Status s = kernels::run_expert_stage<kernels::DecodeConfig>(expert, ep, stage_args, workspace, a.diagnostics,
+                                                                      stream, options);
+          !s) {
+        return s;
+      }
+    } else if (Status s = kernels::run_expert_stage<kernels::PrefillConfig>(expert, ep, stage_args, workspace,
+                                                                            a.diagnostics, stream, options);
+               !s) {
+      return s;
+    }
+    return run_balancer(balancer, a, r, workspace, stream);
   }
 
   // On the CPU executor (host memory everywhere).

@@ -125,7 +125,25 @@ void check_layer(LayerCase<Router, Policy, X> const& l, bool device) {
     o.max_resident_blocks = 2;
     moekit::emu::ScopedLaunchOptions const guard(o);
     auto const a = layer_args<Layer, X, Y, MemorySpace::device>(l, y, logits, ids, weights, &d);
-    status = Layer::run(l.router, {}, l.policy, p, a, w, nullptr);
+    status = Layer::run(l.router, {}, l.policy, p, a, w, nullptr);  // one fused launch
+    // The multi-launch path gives the same bits (and so does a smaller fused grid).
+    for (auto const& [launch, blocks] : {std::pair{moekit::LayerLaunch::multi, 0u}, {moekit::LayerLaunch::fused, 3u}}) {
+      std::vector<Y> y2;
+      std::vector<float> logits2, weights2;
+      std::vector<int> ids2;
+      Diagnostics d2{};
+      moekit::Workspace w2(base, space);
+      auto const a2 = layer_args<Layer, X, Y, MemorySpace::device>(l, y2, logits2, ids2, weights2, &d2);
+      INFO((launch == moekit::LayerLaunch::multi ? "multi-launch" : "fused, 3 blocks"));
+      REQUIRE(Layer::run(l.router, {}, l.policy, p, a2, w2, nullptr, launch, moekit::kernels::LaunchOptions{blocks}) ==
+              Status::ok);
+      REQUIRE(std::memcmp(y2.data(), y.data(), y.size() * sizeof(Y)) == 0);
+      REQUIRE(std::memcmp(logits2.data(), logits.data(), logits.size() * sizeof(float)) == 0);
+      REQUIRE(ids2 == ids);
+      REQUIRE(std::memcmp(weights2.data(), weights.data(), weights.size() * sizeof(float)) == 0);
+      REQUIRE(d2.dropped_assignments == d.dropped_assignments);
+      REQUIRE(d2.empty_slots == d.empty_slots);
+    }
   } else {
     moekit::cpu::ThreadPool pool(2);
     auto const a = layer_args<Layer, X, Y, MemorySpace::host>(l, y, logits, ids, weights, &d);
@@ -259,6 +277,21 @@ TEST_CASE("MoeLayer: production families, device and CPU", "[layer][emu]") {
     REQUIRE(Layer::can_implement<float, float>(l.router, {}, l.policy, layer_problem<Layer>(l), true) ==
             Status::unsupported_config);
   }
+}
+
+TEST_CASE("MoeLayer: the fused kernel fits the emulated device (so the fused path really runs)", "[layer][emu]") {
+  using T = bf16_t;
+  namespace kernels = moekit::kernels;
+  using Policy = experts::SwiGlu<T>;
+  auto const check = [](auto kernel, std::size_t smem) {
+    int const blocks = moekit::arch::max_cooperative_blocks(kernel, 128, smem);
+    INFO(smem << " bytes of shared memory");
+    REQUIRE(blocks >= 4);  // at least one block per SM of the 4-SM test device
+  };
+  check(kernels::fused_layer_kernel<kernels::PrefillConfig, routing::TopK<8>, Policy, T, float>,
+        kernels::fused_layer_shared_bytes<kernels::PrefillConfig, Policy, T>());
+  check(kernels::fused_layer_kernel<kernels::DecodeConfig, routing::GroupedTopK<8>, Policy, T, float>,
+        kernels::fused_layer_shared_bytes<kernels::DecodeConfig, Policy, T>());
 }
 
 TEST_CASE("MoeLayer: a router/table mismatch is refused before anything is written", "[layer][emu]") {

@@ -8,8 +8,8 @@
 
 namespace moekit::kernels {
 
-#define MOEKIT_EXPERT_STAGE(Cfg, Policy, X, Y)                                                                   \
-  template Status run_expert_stage<Cfg, Policy, X, Y>(Policy const&, experts::ExpertProblem const&,              \
+#define MOEKIT_EXPERT_STAGE(Cfg, Policy, X, Y) \
+  template Status run_expert_stage<Cfg, Policy, X, Y>(Policy const&, experts::ExpertProblem const&, \
                                                       experts::ExpertArgs<X, X, Y, MemorySpace::device> const&, \
                                                       Workspace&, Diagnostics*, arch::Stream, LaunchOptions const&);
 

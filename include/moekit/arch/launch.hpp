@@ -69,6 +69,31 @@ Status launch(void (*kernel)(Params...), KernelLaunch const& l, Stream stream, A
 #endif
 }
 
+// The most blocks of `threads` threads and `dynamic_shared_bytes` that can be co-resident on the
+// device (cudaOccupancyMaxActiveBlocksPerMultiprocessor × SMs; the virtual device's same rule
+// under emulation): the largest grid a cooperative (grid-synchronising) launch may use. 0 when
+// one block does not fit or the query fails. A host query, not a synchronisation.
+template <class... Params>
+[[nodiscard]] int max_cooperative_blocks(void (*kernel)(Params...), int threads, std::size_t dynamic_shared_bytes) {
+#if MOEKIT_CUDA_COMPILER
+  if (dynamic_shared_bytes > 48 * 1024 && cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                               static_cast<int>(dynamic_shared_bytes)) != cudaSuccess) {
+    return 0;
+  }
+  int device = 0, sms = 0, per_sm = 0;
+  if (cudaGetDevice(&device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess ||
+      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, dynamic_shared_bytes) != cudaSuccess) {
+    return 0;
+  }
+  return per_sm * sms;
+#else
+  (void)kernel;
+  emu::VirtualDevice const d = emu::default_launch_options().device;
+  return emu::max_active_blocks_per_sm(d, threads, dynamic_shared_bytes) * d.sm_count;
+#endif
+}
+
 MOEKIT_ARCH_NAMESPACE_END
 }  // namespace arch
 MOEKIT_NAMESPACE_END

@@ -44,7 +44,7 @@ struct CombineStorage {
 };
 
 template <class X, class Y>
-MOEKIT_KERNEL void MOEKIT_LAUNCH_BOUNDS(combine_block_threads, 1) combine_kernel(CombineParams<X, Y> p) {
+MOEKIT_DEVICE void combine_phase(CombineParams<X, Y> const& p) {
   auto& s = arch::shared_storage<CombineStorage>();
   unsigned const tid = arch::thread_rank();
   for (std::int64_t t = arch::block_rank(); t < p.tokens; t += arch::grid_dim().x) {
@@ -84,6 +84,11 @@ MOEKIT_KERNEL void MOEKIT_LAUNCH_BOUNDS(combine_block_threads, 1) combine_kernel
     }
     arch::sync_threads();  // the reduction storage and gate are reused by the next token
   }
+}
+
+template <class X, class Y>
+MOEKIT_KERNEL void MOEKIT_LAUNCH_BOUNDS(combine_block_threads, 1) combine_kernel(CombineParams<X, Y> p) {
+  combine_phase(p);
 }
 
 MOEKIT_ARCH_NAMESPACE_END

@@ -249,8 +249,9 @@ struct UpParams {
   std::int64_t h_stride = 0;
 };
 
+// Each kernel's body is a phase of the fused layer kernel too (kernels/fused_layer.hpp).
 template <class Cfg, class Expert, class X>
-MOEKIT_KERNEL void MOEKIT_LAUNCH_BOUNDS(Cfg::threads, 1) expert_up_kernel(UpParams<Expert, X> p) {
+MOEKIT_DEVICE void expert_up_phase(UpParams<Expert, X> const& p) {
   constexpr bool gated = Expert::shape == experts::ExpertShape::gated;
   constexpr int NumB = gated ? 2 : 1;
   auto& s = arch::shared_storage<GemmStorage<Cfg, NumB, X>>();
@@ -308,6 +309,11 @@ MOEKIT_KERNEL void MOEKIT_LAUNCH_BOUNDS(Cfg::threads, 1) expert_up_kernel(UpPara
   }
 }
 
+template <class Cfg, class Expert, class X>
+MOEKIT_KERNEL void MOEKIT_LAUNCH_BOUNDS(Cfg::threads, 1) expert_up_kernel(UpParams<Expert, X> p) {
+  expert_up_phase<Cfg>(p);
+}
+
 template <class X>
 struct DownParams {
   RowSource rows;
@@ -323,7 +329,7 @@ struct DownParams {
 };
 
 template <class Cfg, class X>
-MOEKIT_KERNEL void MOEKIT_LAUNCH_BOUNDS(Cfg::threads, 1) expert_down_kernel(DownParams<X> p) {
+MOEKIT_DEVICE void expert_down_phase(DownParams<X> const& p) {
   auto& s = arch::shared_storage<GemmStorage<Cfg, 1, X>>();
   std::int64_t const n_blocks = (p.hidden + Cfg::block_n - 1) / Cfg::block_n;
   std::int64_t const items = p.rows.tiles(Cfg::block_m) * n_blocks;
@@ -371,6 +377,11 @@ MOEKIT_KERNEL void MOEKIT_LAUNCH_BOUNDS(Cfg::threads, 1) expert_down_kernel(Down
       p.out[row * p.hidden + n] = o;
     });
   }
+}
+
+template <class Cfg, class X>
+MOEKIT_KERNEL void MOEKIT_LAUNCH_BOUNDS(Cfg::threads, 1) expert_down_kernel(DownParams<X> p) {
+  expert_down_phase<Cfg>(p);
 }
 
 MOEKIT_ARCH_NAMESPACE_END

@@ -109,6 +109,92 @@ template <class T>
 
 }  // namespace detail
 
+// The parameters of every GEMM and of the combine, shared by the multi-launch path and the
+// fused kernel (kernels/fused_layer.hpp).
+template <class E, class X, class Y>
+struct StageParams {
+  bool routed = false;  // any computed experts
+  bool shared = false;  // a shared expert
+  UpParams<E, X> up, shared_up;
+  DownParams<X> down, shared_down;
+  CombineParams<X, Y> combine;
+};
+
+template <class Cfg, experts::Expert E, class X, class Y>
+[[nodiscard]] StageParams<E, X, Y>
+stage_params(E const& expert, experts::ExpertProblem const& p,
+             experts::ExpertArgs<X, typename E::Element, Y, MemorySpace::device> const& a,
+             detail::StageBuffers<X> const& b) {
+  using W = typename E::Element;
+  constexpr bool gated = E::shape == experts::ExpertShape::gated;
+  bool const x_vector = reinterpret_cast<std::uintptr_t>(a.x.data) % 16 == 0 && a.x.stride(0) * sizeof(X) % 16 == 0;
+  auto const mlp = [&](RowSource const& rows, experts::MlpWeights<W, MemorySpace::device> const& w, int computed,
+                       std::int64_t inter, X* h, float* out, bool scale_input, bool weight_output, UpParams<E, X>& up,
+                       DownParams<X>& down) {
+    bool const w_vector = (!gated || detail::rows_16_byte_aligned(w.gate)) && detail::rows_16_byte_aligned(w.up) &&
+                          detail::rows_16_byte_aligned(w.down);
+    up = UpParams<E, X>{expert,
+                        a.x.data,
+                        a.x.stride(0),
+                        x_vector,
+                        scale_input,
+                        rows,
+                        computed,
+                        gated ? detail::matrices(w.gate) : ExpertMatrices<X>{},
+                        detail::matrices(w.up),
+                        gated ? detail::bias(w.gate_bias) : ExpertBias<X>{},
+                        detail::bias(w.up_bias),
+                        w_vector,
+                        p.hidden,
+                        inter,
+                        h,
+                        detail::padded_row(inter)};
+    down = DownParams<X>{rows,
+                         weight_output,
+                         computed,
+                         h,
+                         detail::padded_row(inter),
+                         detail::matrices(w.down),
+                         detail::bias(w.down_bias),
+                         w_vector,
+                         p.hidden,
+                         inter,
+                         out};
+  };
+  StageParams<E, X, Y> sp;
+  bool const on_input = p.position == experts::WeightPosition::on_input;
+  sp.routed = p.table.computed > 0;
+  if (sp.routed) {
+    RowSource const routed_rows{b.plan.row_assignment, b.plan.tile_expert, b.plan.tile_row,
+                                b.plan.num_tiles,      p.tokens,           p.slots,
+                                a.weights.data,        a.weights.stride(0)};
+    mlp(routed_rows, a.experts, p.table.computed, p.intermediate, b.h, b.routed, on_input, !on_input, sp.up, sp.down);
+  }
+  sp.shared = p.shared_intermediate > 0;
+  if (sp.shared) {
+    RowSource const all_tokens{nullptr, nullptr, nullptr, nullptr, p.tokens, p.slots, nullptr, 0};
+    mlp(all_tokens, a.shared.weights, 1, p.shared_intermediate, b.shared_h, b.shared, false, false, sp.shared_up,
+        sp.shared_down);
+  }
+  sp.combine = CombineParams<X, Y>{p.table,
+                                   p.tokens,
+                                   p.hidden,
+                                   p.slots,
+                                   a.ids.data,
+                                   a.ids.stride(0),
+                                   a.weights.data,
+                                   a.weights.stride(0),
+                                   b.plan.assignment_row,
+                                   b.routed,
+                                   a.x.data,
+                                   a.x.stride(0),
+                                   sp.shared ? b.shared : nullptr,
+                                   sp.shared ? a.shared.gate.data : nullptr,
+                                   a.y.data,
+                                   a.y.stride(0)};
+  return sp;
+}
+
 // What this kernel configuration can run, with the reason when it cannot.
 template <class Cfg, experts::Expert E, class X, class Y>
 [[nodiscard]] Status can_implement(E const& expert, experts::ExpertProblem const& p) {
@@ -181,96 +267,35 @@ template <class Cfg, experts::Expert E, class X, class Y>
     return s;
   }
 
-  using W = typename E::Element;
-  constexpr bool gated = E::shape == experts::ExpertShape::gated;
-  constexpr int num_b = gated ? 2 : 1;
-  constexpr std::size_t smem_up = sizeof(GemmStorage<Cfg, num_b, X>);
+  StageParams<E, X, Y> const sp = stage_params<Cfg>(expert, p, a, b);
+  constexpr std::size_t smem_up = sizeof(GemmStorage < Cfg, E::shape == experts::ExpertShape::gated ? 2 : 1, X >);
   constexpr std::size_t smem_down = sizeof(GemmStorage<Cfg, 1, X>);
-  bool const x_vector = reinterpret_cast<std::uintptr_t>(a.x.data) % 16 == 0 && a.x.stride(0) * sizeof(X) % 16 == 0;
-  RowSource routed_rows{b.plan.row_assignment, b.plan.tile_expert, b.plan.tile_row, b.plan.num_tiles, p.tokens, p.slots,
-                        a.weights.data,        a.weights.stride(0)};
-  std::int64_t const tiles = plan::max_tiles(pp);
-
-  auto const run_mlp = [&](RowSource const& rows, std::int64_t max_tiles,
-                           experts::MlpWeights<W, MemorySpace::device> const& w, int computed, std::int64_t inter, X* h,
-                           float* out, bool scale_input, bool weight_output) -> Status {
-    bool const w_vector = (!gated || detail::rows_16_byte_aligned(w.gate)) && detail::rows_16_byte_aligned(w.up) &&
-                          detail::rows_16_byte_aligned(w.down);
-    UpParams<E, X> up{expert,
-                      a.x.data,
-                      a.x.stride(0),
-                      x_vector,
-                      scale_input,
-                      rows,
-                      computed,
-                      gated ? detail::matrices(w.gate) : ExpertMatrices<X>{},
-                      detail::matrices(w.up),
-                      gated ? detail::bias(w.gate_bias) : ExpertBias<X>{},
-                      detail::bias(w.up_bias),
-                      w_vector,
-                      p.hidden,
-                      inter,
-                      h,
-                      detail::padded_row(inter)};
-    std::int64_t const up_items = max_tiles * ((inter + Cfg::block_n - 1) / Cfg::block_n);
+  auto const run_mlp = [&](UpParams<E, X> const& up, DownParams<X> const& down, std::int64_t tiles) -> Status {
+    std::int64_t const up_items = tiles * ((up.inter + Cfg::block_n - 1) / Cfg::block_n);
     arch::KernelLaunch const up_launch{
         .grid = detail::grid_for(up_items, options), .block = Cfg::threads, .dynamic_shared_bytes = smem_up};
     if (Status s = arch::launch(expert_up_kernel<Cfg, E, X>, up_launch, stream, up); !s) {
       return s;
     }
-    DownParams<X> down{rows,
-                       weight_output,
-                       computed,
-                       h,
-                       detail::padded_row(inter),
-                       detail::matrices(w.down),
-                       detail::bias(w.down_bias),
-                       w_vector,
-                       p.hidden,
-                       inter,
-                       out};
-    std::int64_t const down_items = max_tiles * ((p.hidden + Cfg::block_n - 1) / Cfg::block_n);
+    std::int64_t const down_items = tiles * ((down.hidden + Cfg::block_n - 1) / Cfg::block_n);
     arch::KernelLaunch const down_launch{
         .grid = detail::grid_for(down_items, options), .block = Cfg::threads, .dynamic_shared_bytes = smem_down};
     return arch::launch(expert_down_kernel<Cfg, X>, down_launch, stream, down);
   };
-
-  bool const on_input = p.position == experts::WeightPosition::on_input;
-  if (p.table.computed > 0) {
-    if (Status s = run_mlp(routed_rows, tiles, a.experts, p.table.computed, p.intermediate, b.h, b.routed, on_input,
-                           !on_input);
-        !s) {
+  if (sp.routed) {
+    if (Status s = run_mlp(sp.up, sp.down, plan::max_tiles(pp)); !s) {
       return s;
     }
   }
-  if (p.shared_intermediate > 0) {
-    RowSource const all_tokens{nullptr, nullptr, nullptr, nullptr, p.tokens, p.slots, nullptr, 0};
-    if (Status s = run_mlp(all_tokens, (p.tokens + Cfg::block_m - 1) / Cfg::block_m, a.shared.weights, 1,
-                           p.shared_intermediate, b.shared_h, b.shared, false, false);
-        !s) {
+  if (sp.shared) {
+    if (Status s = run_mlp(sp.shared_up, sp.shared_down, (p.tokens + Cfg::block_m - 1) / Cfg::block_m); !s) {
       return s;
     }
   }
-  CombineParams<X, Y> const c{p.table,
-                              p.tokens,
-                              p.hidden,
-                              p.slots,
-                              a.ids.data,
-                              a.ids.stride(0),
-                              a.weights.data,
-                              a.weights.stride(0),
-                              b.plan.assignment_row,
-                              b.routed,
-                              a.x.data,
-                              a.x.stride(0),
-                              p.shared_intermediate > 0 ? b.shared : nullptr,
-                              p.shared_intermediate > 0 ? a.shared.gate.data : nullptr,
-                              a.y.data,
-                              a.y.stride(0)};
   arch::KernelLaunch const combine_launch{.grid = detail::grid_for(p.tokens, options),
                                           .block = combine_block_threads,
                                           .dynamic_shared_bytes = sizeof(CombineStorage)};
-  return arch::launch(combine_kernel<X, Y>, combine_launch, stream, c);
+  return arch::launch(combine_kernel<X, Y>, combine_launch, stream, sp.combine);
 }
 
 MOEKIT_ARCH_NAMESPACE_END

@@ -70,9 +70,12 @@ struct PlanIds {
 
 // The kernels are templates (on the chunk size, always plan_chunk) so that a header defining them
 // can be included by several translation units: nvcc ignores `inline` on __global__ functions.
+// Each kernel's body is a phase too (the fused layer kernel runs them in one launch, between
+// grid syncs): the chunk phases take any grid of plan_chunk_block_threads-thread blocks, the scan
+// phase one block of Threads threads.
 template <int Chunk>
-MOEKIT_KERNEL void MOEKIT_LAUNCH_BOUNDS(plan_chunk_block_threads, 1)
-    plan_count_kernel(PlanIds ids, std::int64_t chunks, int* chunk_counts, Diagnostics* diagnostics) {
+MOEKIT_DEVICE void plan_count_phase(PlanIds const& ids, std::int64_t chunks, int* chunk_counts,
+                                    Diagnostics* diagnostics) {
   unsigned const lane = arch::lane_id();
   std::int64_t const warps = std::int64_t{arch::grid_dim().x} * plan_warps_per_block;
   unsigned long long empty = 0, invalid = 0;
@@ -101,10 +104,18 @@ MOEKIT_KERNEL void MOEKIT_LAUNCH_BOUNDS(plan_chunk_block_threads, 1)
   }
 }
 
-struct PlanScanStorage {
-  arch::BlockScan<long long, plan_scan_threads>::TempStorage rows;
-  arch::BlockScan<long long, plan_scan_threads>::TempStorage tiles;
+template <int Chunk>
+MOEKIT_KERNEL void MOEKIT_LAUNCH_BOUNDS(plan_chunk_block_threads, 1)
+    plan_count_kernel(PlanIds ids, std::int64_t chunks, int* chunk_counts, Diagnostics* diagnostics) {
+  plan_count_phase<Chunk>(ids, chunks, chunk_counts, diagnostics);
+}
+
+template <int Threads>
+struct PlanScanStorageOf {
+  typename arch::BlockScan<long long, Threads>::TempStorage rows;
+  typename arch::BlockScan<long long, Threads>::TempStorage tiles;
 };
+using PlanScanStorage = PlanScanStorageOf<plan_scan_threads>;
 
 struct PlanScanArgs {
   std::int64_t chunks;
@@ -123,11 +134,11 @@ struct PlanScanArgs {
   Diagnostics* diagnostics;
 };
 
-template <int Chunk>
-MOEKIT_KERNEL void MOEKIT_LAUNCH_BOUNDS(plan_scan_threads, 1) plan_scan_kernel(PlanScanArgs a) {
-  auto& smem = arch::shared_storage<PlanScanStorage>();
+template <int Chunk, int Threads>
+MOEKIT_DEVICE void plan_scan_phase(PlanScanArgs const& a) {
+  auto& smem = arch::shared_storage<PlanScanStorageOf<Threads>>();
   long long row_carry = 0, tile_carry = 0;
-  for (int base = 0; base < a.experts; base += plan_scan_threads) {
+  for (int base = 0; base < a.experts; base += Threads) {
     int const e = base + static_cast<int>(arch::thread_rank());
     long long total = 0;
     if (e < a.experts) {
@@ -139,9 +150,8 @@ MOEKIT_KERNEL void MOEKIT_LAUNCH_BOUNDS(plan_scan_threads, 1) plan_scan_kernel(P
     long long const kept = total < a.capacity ? total : a.capacity;
     long long const padded = (kept + a.tile_rows - 1) / a.tile_rows * a.tile_rows;
     long long row_offset = 0, rows_here = 0, tile_offset = 0, tiles_here = 0;
-    arch::BlockScan<long long, plan_scan_threads>(smem.rows).exclusive_sum(padded, row_offset, rows_here);
-    arch::BlockScan<long long, plan_scan_threads>(smem.tiles)
-        .exclusive_sum(padded / a.tile_rows, tile_offset, tiles_here);
+    arch::BlockScan<long long, Threads>(smem.rows).exclusive_sum(padded, row_offset, rows_here);
+    arch::BlockScan<long long, Threads>(smem.tiles).exclusive_sum(padded / a.tile_rows, tile_offset, tiles_here);
     if (e < a.experts) {
       long long const first_row = row_carry + row_offset;
       a.expert_counts[e] = total;
@@ -173,9 +183,14 @@ MOEKIT_KERNEL void MOEKIT_LAUNCH_BOUNDS(plan_scan_threads, 1) plan_scan_kernel(P
 }
 
 template <int Chunk>
-MOEKIT_KERNEL void MOEKIT_LAUNCH_BOUNDS(plan_chunk_block_threads, 1)
-    plan_scatter_kernel(PlanIds ids, std::int64_t chunks, long long* chunk_cursor, std::int64_t const* expert_offsets,
-                        long long capacity, std::int64_t* row_assignment, std::int64_t* assignment_row) {
+MOEKIT_KERNEL void MOEKIT_LAUNCH_BOUNDS(plan_scan_threads, 1) plan_scan_kernel(PlanScanArgs a) {
+  plan_scan_phase<Chunk, plan_scan_threads>(a);
+}
+
+template <int Chunk>
+MOEKIT_DEVICE void plan_scatter_phase(PlanIds const& ids, std::int64_t chunks, long long* chunk_cursor,
+                                      std::int64_t const* expert_offsets, long long capacity,
+                                      std::int64_t* row_assignment, std::int64_t* assignment_row) {
   unsigned const lane = arch::lane_id();
   unsigned const lanes_below = (1u << lane) - 1u;
   std::int64_t const warps = std::int64_t{arch::grid_dim().x} * plan_warps_per_block;
@@ -206,6 +221,33 @@ MOEKIT_KERNEL void MOEKIT_LAUNCH_BOUNDS(plan_chunk_block_threads, 1)
       }
     }
   }
+}
+
+template <int Chunk>
+MOEKIT_KERNEL void MOEKIT_LAUNCH_BOUNDS(plan_chunk_block_threads, 1)
+    plan_scatter_kernel(PlanIds ids, std::int64_t chunks, long long* chunk_cursor, std::int64_t const* expert_offsets,
+                        long long capacity, std::int64_t* row_assignment, std::int64_t* assignment_row) {
+  plan_scatter_phase<Chunk>(ids, chunks, chunk_cursor, expert_offsets, capacity, row_assignment, assignment_row);
+}
+
+// The scan phase's arguments for problem `p` over the carved scratch `w` and the outputs `out`.
+[[nodiscard]] inline PlanScanArgs scan_args(PlanProblem const& p, PlanWorkspace const& w,
+                                            DispatchPlan<MemorySpace::device> const& out,
+                                            Diagnostics* diagnostics) noexcept {
+  return PlanScanArgs{plan_chunks(p),
+                      p.experts,
+                      p.capacity == unlimited_capacity ? (assignments(p) > 0 ? assignments(p) : 1) : p.capacity,
+                      p.tile_rows,
+                      w.chunk_counts,
+                      w.chunk_cursor,
+                      out.expert_counts,
+                      out.expert_offsets,
+                      out.row_assignment,
+                      out.tile_expert,
+                      out.tile_row,
+                      out.num_rows,
+                      out.num_tiles,
+                      diagnostics};
 }
 
 // Builds the plan of `ids` [T, K] (device memory) into `out`, adding to `diagnostics`.
@@ -241,20 +283,7 @@ MOEKIT_KERNEL void MOEKIT_LAUNCH_BOUNDS(plan_chunk_block_threads, 1)
       return s;
     }
   }
-  PlanScanArgs const scan{chunks,
-                          p.experts,
-                          p.capacity == unlimited_capacity ? (assignments(p) > 0 ? assignments(p) : 1) : p.capacity,
-                          p.tile_rows,
-                          w.chunk_counts,
-                          w.chunk_cursor,
-                          out.expert_counts,
-                          out.expert_offsets,
-                          out.row_assignment,
-                          out.tile_expert,
-                          out.tile_row,
-                          out.num_rows,
-                          out.num_tiles,
-                          diagnostics};
+  PlanScanArgs const scan = scan_args(p, w, out, diagnostics);
   arch::KernelLaunch const scan_launch{
       .grid = 1, .block = plan_scan_threads, .dynamic_shared_bytes = sizeof(PlanScanStorage)};
   if (Status s = arch::launch(plan_scan_kernel<plan_chunk>, scan_launch, stream, scan); !s) {

@@ -38,11 +38,12 @@ struct GateProjectionStorage {
   float w[gate_tile_experts][gate_tile_hidden + 1];
 };
 
+// The kernel's body, also a phase of the fused layer kernel (kernels/fused_layer.hpp): any grid
+// of gate_block_threads-thread blocks, a grid-stride loop over tiles.
 template <GateElement X, GateElement W>
-MOEKIT_KERNEL void MOEKIT_LAUNCH_BOUNDS(gate_block_threads, 1)
-    gate_projection_kernel(X const* x, std::int64_t x_stride, W const* w, std::int64_t w_stride, float const* bias,
-                           std::int64_t tokens, std::int64_t hidden, int experts, float* logits,
-                           std::int64_t logits_stride) {
+MOEKIT_DEVICE void gate_projection_phase(X const* x, std::int64_t x_stride, W const* w, std::int64_t w_stride,
+                                         float const* bias, std::int64_t tokens, std::int64_t hidden, int experts,
+                                         float* logits, std::int64_t logits_stride) {
   static_assert(gate_block_threads % gate_tile_experts == 0 &&
                 gate_tile_tokens % (gate_block_threads / gate_tile_experts) == 0);
   auto& smem = arch::shared_storage<GateProjectionStorage>();
@@ -91,6 +92,14 @@ MOEKIT_KERNEL void MOEKIT_LAUNCH_BOUNDS(gate_block_threads, 1)
       }
     }
   }
+}
+
+template <GateElement X, GateElement W>
+MOEKIT_KERNEL void MOEKIT_LAUNCH_BOUNDS(gate_block_threads, 1)
+    gate_projection_kernel(X const* x, std::int64_t x_stride, W const* w, std::int64_t w_stride, float const* bias,
+                           std::int64_t tokens, std::int64_t hidden, int experts, float* logits,
+                           std::int64_t logits_stride) {
+  gate_projection_phase(x, x_stride, w, w_stride, bias, tokens, hidden, experts, logits, logits_stride);
 }
 
 // Computes the logits of `b` on `stream`. `max_blocks` (0: one block per tile, up to 65535) caps

@@ -34,10 +34,11 @@ inline constexpr int route_block_threads = 128;
   return bad || !any_unmasked;
 }
 
+// The kernel's body, also a phase of the fused layer kernel: any grid of route_block_threads-thread blocks.
 template <TokenRouter R>
-MOEKIT_KERNEL void MOEKIT_LAUNCH_BOUNDS(route_block_threads, 1)
-    route_tokens_kernel(R router, float const* logits, std::int64_t logits_stride, std::int64_t tokens, int* ids,
-                        float* weights, std::int64_t out_stride, Diagnostics* diagnostics) {
+MOEKIT_DEVICE void route_tokens_phase(R const& router, float const* logits, std::int64_t logits_stride,
+                                      std::int64_t tokens, int* ids, float* weights, std::int64_t out_stride,
+                                      Diagnostics* diagnostics) {
   std::int64_t const stride = std::int64_t{arch::grid_dim().x} * route_block_threads;
   int const experts = router.num_experts();
   int const slots = router.slots();
@@ -55,6 +56,13 @@ MOEKIT_KERNEL void MOEKIT_LAUNCH_BOUNDS(route_block_threads, 1)
     }
     router.route_token(t, row, id, w);
   }
+}
+
+template <TokenRouter R>
+MOEKIT_KERNEL void MOEKIT_LAUNCH_BOUNDS(route_block_threads, 1)
+    route_tokens_kernel(R router, float const* logits, std::int64_t logits_stride, std::int64_t tokens, int* ids,
+                        float* weights, std::int64_t out_stride, Diagnostics* diagnostics) {
+  route_tokens_phase(router, logits, logits_stride, tokens, ids, weights, out_stride, diagnostics);
 }
 
 // Routes every token of `b` on `stream`. `max_blocks` (0: enough for one token per thread)

@@ -37,6 +37,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "../experts/expert_case.hpp"
 #include <catch2/catch.hpp>
 
 #include "moekit/experts/clamped_swiglu.hpp"
@@ -84,32 +85,8 @@ double half_ulp(double magnitude) {
   }
 }
 
-// Policy → the reference's ExpertFunction.
-template <class Act>
-host::Activation host_activation() {
-  if constexpr (std::is_same_v<Act, experts::act::SiLU>) {
-    return host::Activation::silu;
-  } else if constexpr (std::is_same_v<Act, experts::act::Gelu>) {
-    return host::Activation::gelu_erf;
-  } else if constexpr (std::is_same_v<Act, experts::act::GeluTanh>) {
-    return host::Activation::gelu_tanh;
-  } else {
-    static_assert(std::is_same_v<Act, experts::act::ReLU>);
-    return host::Activation::relu;
-  }
-}
-template <class Act, class W>
-host::ExpertFunction host_function(experts::GatedMlp<Act, W> const&) {
-  return {host::ExpertKind::gated, host_activation<Act>(), {}};
-}
-template <class Act, class W>
-host::ExpertFunction host_function(experts::PlainMlp<Act, W> const&) {
-  return {host::ExpertKind::plain, host_activation<Act>(), {}};
-}
-template <class W>
-host::ExpertFunction host_function(experts::ClampedSwiglu<W> const& e) {
-  return {host::ExpertKind::clamped_swiglu, host::Activation::silu, {double(e.alpha), double(e.limit)}};
-}
+// Policy → the reference's ExpertFunction: tests/experts/expert_case.hpp's function_of.
+using expert_case::function_of;
 
 struct Config {
   std::int64_t tokens = 37, hidden = 50, inter = 36, shared_inter = 0;
@@ -253,7 +230,7 @@ template <class Policy, class W>
 void forward_bound(Policy const& policy, experts::MlpWeights<W, MemorySpace::host> const& w, std::int64_t e,
                    std::int64_t H, std::int64_t I, double const* xin, double xin_terms, std::vector<double>& o,
                    std::vector<double>& mag, std::vector<double>& err) {
-  host::ExpertFunction const fn = host_function(policy);
+  host::ExpertFunction const fn = function_of(policy);
   bool const gated = Policy::shape == experts::ExpertShape::gated;
   std::vector<double> h(static_cast<std::size_t>(I)), dh(h.size());
   for (std::int64_t m = 0; m < I; ++m) {
@@ -371,13 +348,13 @@ void expected(Policy const& policy, Layer<X, W> const& L, std::vector<double>& w
   host::SharedExpert<W> shared;
   if (c.shared_inter > 0) {
     shared.weights = ref_weights(args.shared.weights, 0);
-    shared.function = host_function(policy);
+    shared.function = function_of(policy);
     shared.gate = args.shared.gate;
   }
   REQUIRE(
       host::reference_moe_combine<X, W>(
           args.x, HostTensor<int const, 2>::row_major(ref_ids.data(), {T, K}), args.weights,
-          std::span<host::ExpertWeights<W> const>(ref_experts.data(), ref_experts.size()), host_function(policy),
+          std::span<host::ExpertWeights<W> const>(ref_experts.data(), ref_experts.size()), function_of(policy),
           c.position == WeightPosition::on_input ? host::WeightPosition::on_input : host::WeightPosition::after_expert,
           c.shared_inter > 0 ? &shared : nullptr, HostTensor<float, 2>::row_major(y_ref.data(), {T, H})) == Status::ok);
 

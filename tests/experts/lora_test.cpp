@@ -41,6 +41,8 @@
 #include "moekit/emu/launch_config.hpp"
 #include "moekit/host/expert_reference.hpp"
 #include "moekit/kernels/expert_stage.hpp"
+#include "moekit/layer.hpp"
+#include "moekit/routing/dynmole.hpp"
 
 namespace {
 
@@ -433,5 +435,72 @@ TEST_CASE("merge_lora: W + s·B·A per expert, one rounding, against the referen
     REQUIRE(std::string(moekit::last_error_message()).find("alpha must be finite and > 0") != std::string::npos);
     REQUIRE(std::all_of(merged.begin(), merged.end(), [](float v) { return v == -7.0f; }));
     REQUIRE(run(2, 6, 4.0) == Status::ok);
+  }
+}
+
+TEST_CASE("MoeLayer: DynMoLE routing over LoRA experts, CPU executor and emulated device", "[experts][lora][layer]") {
+  // DynMoLE (§3.2): E = 6 LoRA experts of rank 8 (α = 16), slots() = E, weights p·mask (not
+  // renormalised), broadcast to all experts for uncertain tokens. y is checked with the oracle on
+  // the layer's own ids and weights (the routers have their own tests).
+  using T = bf16_t;
+  using Router = moekit::routing::DynMoLE<8>;
+  using Layer = moekit::MoeLayer<Router, moekit::balancing::None, experts::LoraExpert<T>>;
+  Router const router{6, {}};
+  auto const expert = experts::lora_expert<T>(16.0, 8);
+  Shape const shape = lora_shape(37, 8, 6, 6, 901);
+  auto const c = expert_case::make_case<T, T>(shape);
+  std::mt19937 rng(902);
+  // Router weights ~ U(±2/√H): logits O(1), so both narrow and broadcast tokens occur.
+  auto const gate =
+      expert_case::random_vector<T>(static_cast<std::size_t>(6 * shape.hidden), 2.0 / std::sqrt(45.0), rng);
+  Layer::Problem p;
+  p.tokens = shape.tokens;
+  p.hidden = shape.hidden;
+  p.intermediate = shape.inter;
+  p.table = shape.table;
+  for (bool const device : {false, true}) {
+    INFO((device ? "device" : "cpu"));
+    Case<T, T> routed = c;
+    std::vector<float> y(static_cast<std::size_t>(shape.tokens * shape.hidden), -7.0f);
+    auto const args = [&]<MemorySpace S>(Diagnostics* d) {
+      typename Layer::template Arguments<T, float, S> a;
+      a.x = moekit::TensorView<T const, 2, S>::row_major(c.x.data(), {shape.tokens, shape.hidden});
+      a.gate_weight = moekit::TensorView<T const, 2, S>::row_major(gate.data(), {6, shape.hidden});
+      a.experts = c.template routed<S>();
+      a.y = moekit::TensorView<float, 2, S>::row_major(y.data(), {shape.tokens, shape.hidden});
+      a.ids = moekit::TensorView<int, 2, S>::row_major(routed.ids.data(), {shape.tokens, 6});
+      a.weights = moekit::TensorView<float, 2, S>::row_major(routed.weights.data(), {shape.tokens, 6});
+      a.diagnostics = d;
+      return a;
+    };
+    AlignedWorkspace ws(Layer::workspace_size<T, float>(router, p, device));
+    Diagnostics d{};
+    Status s = Status::ok;
+    if (device) {
+      moekit::emu::LaunchOptions o;
+      o.schedule_seed = 4;
+      o.racecheck = true;
+      o.max_resident_blocks = 2;
+      moekit::emu::ScopedLaunchOptions const guard(o);
+      s = Layer::run(router, {}, expert, p, args.template operator()<MemorySpace::device>(&d), ws.w, nullptr);
+    } else {
+      moekit::cpu::ThreadPool pool(2);
+      s = Layer::run(router, {}, expert, p, args.template operator()<MemorySpace::host>(&d), ws.w, pool);
+    }
+    INFO(moekit::last_error_message());
+    REQUIRE(s == Status::ok);
+    // Both kinds of token occur: some keep fewer than E experts, some are broadcast to all E.
+    int narrow = 0, broadcast = 0;
+    for (std::int64_t t = 0; t < shape.tokens; ++t) {
+      int kept = 0;
+      for (int j = 0; j < 6; ++j) {
+        kept += routed.ids[static_cast<std::size_t>(t * 6 + j)] < 6 ? 1 : 0;
+      }
+      narrow += kept < 6 ? 1 : 0;
+      broadcast += kept == 6 ? 1 : 0;
+    }
+    CHECK(narrow > 0);
+    CHECK(broadcast > 0);
+    require_within(y, oracle(routed, Lora{16.0, {}}, device ? unit_roundoff<T>() : u32, u32));
   }
 }

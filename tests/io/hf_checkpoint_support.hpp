@@ -11,6 +11,8 @@
 // E 8 K 2 I_s 20 + shared gate, mlp_only_layers [0] (2 layers, layer 1 MoE); qwen3_moe E 8 K 2
 // norm, decoder_sparse_step 2 (layer 1 MoE); olmoe E 8 K 2 (both MoE); deepseek_v3 E 16 K 2, 4
 // groups, top-2 groups, 1 shared expert, ρ 2.5, first_k_dense_replace 1 (3 layers, 1 and 2 MoE);
+// deepseek_v3_fp8 the same with F8_E4M3 expert/shared weights and F32 weight_scale_inv in 8 × 16
+// blocks (quantization_config.weight_block_size; H = 24 leaves a partial column block);
 // gpt_oss H = I = 32 E 4 K 2, swiglu_limit 1 (so the clamp acts), bf16 fused [in,out] or MXFP4.
 
 #include <cmath>
@@ -26,6 +28,7 @@
 #include <nlohmann/json.hpp>
 
 #include "moekit/core/float16.hpp"
+#include "moekit/core/float8.hpp"
 #include "moekit/core/status.hpp"
 #include "moekit/core/tensor_view.hpp"
 #include "moekit/host/expert_reference.hpp"
@@ -40,8 +43,8 @@ namespace moekit::test_hf {
 namespace fs = std::filesystem;
 
 // Every family the loader maps, in the order the tests run them.
-inline std::vector<std::string> const families = {"mixtral",     "qwen2_moe", "qwen3_moe",    "olmoe",
-                                                  "deepseek_v3", "gpt_oss",   "gpt_oss_mxfp4"};
+inline std::vector<std::string> const families = {"mixtral",     "qwen2_moe",       "qwen3_moe", "olmoe",
+                                                  "deepseek_v3", "deepseek_v3_fp8", "gpt_oss",   "gpt_oss_mxfp4"};
 
 // A fresh folder below `root`, removed with everything in it at the end of the scope.
 struct TempDir {
@@ -89,6 +92,7 @@ struct Checkpoint {
   int layers = 0;
   std::int64_t hidden = 0, intermediate = 0, experts = 0, shared_intermediate = 0;
   int k = 0;
+  std::int64_t block_rows = 0, block_cols = 0;  // FP8 scale blocks; 0: not FP8
 
   [[nodiscard]] RawTensor const& t(std::string const& name) const { return tensors.at(name); }
   [[nodiscard]] std::string prefix(int l) const {
@@ -132,6 +136,25 @@ struct Writer {
     }
     (*raw)[name] = std::move(r);
   }
+  // An F8_E4M3 matrix (values in [-4, 4], rounded to e4m3) and its F32 `_scale_inv` per
+  // [block_rows, block_cols] block, in [0.02, 0.1].
+  void fp8(std::string const& name, std::int64_t rows, std::int64_t cols, std::int64_t block_rows,
+           std::int64_t block_cols) {
+    std::uniform_real_distribution<float> u(-4.f, 4.f);
+    RawTensor r;
+    r.shape = {rows, cols};
+    r.dtype = io::SafetensorsDtype::f8_e4m3;
+    std::vector<fp8_e4m3_t> q(static_cast<std::size_t>(rows * cols));
+    for (fp8_e4m3_t& v : q) {
+      v = fp8_e4m3_t(u(rng));
+      r.values.push_back(v.to_float());
+    }
+    files[name] = io::make_safetensors_tensor(q.data(), r.shape);
+    (*raw)[name] = std::move(r);
+    floats_as(name + "_scale_inv", {(rows + block_rows - 1) / block_rows, (cols + block_cols - 1) / block_cols}, 0.04f,
+              0.06f, io::SafetensorsDtype::f32);
+  }
+
   // A U8 tensor of values in [lo, hi].
   void bytes(std::string const& name, std::vector<std::int64_t> shape, int lo, int hi) {
     std::int64_t n = 1;
@@ -157,7 +180,7 @@ inline bool write_checkpoint(fs::path const& dir, std::string const& family, Che
                              io::SafetensorsDtype weight_dtype = io::SafetensorsDtype::bf16) {
   c = Checkpoint{};
   c.family = family;
-  c.model_type = family == "gpt_oss_mxfp4" ? "gpt_oss" : family;
+  c.model_type = family == "gpt_oss_mxfp4" ? "gpt_oss" : family == "deepseek_v3_fp8" ? "deepseek_v3" : family;
   Writer w{std::mt19937(seed), weight_dtype, {}, &c.tensors};
   nlohmann::json& j = c.config;
   j = {{"model_type", c.model_type}, {"hidden_act", "silu"}, {"num_experts_per_tok", 2}};
@@ -209,6 +232,14 @@ inline bool write_checkpoint(fs::path const& dir, std::string const& family, Che
     j["routed_scaling_factor"] = 2.5;
     j["first_k_dense_replace"] = 1;
     j["moe_layer_freq"] = 1;
+    if (family == "deepseek_v3_fp8") {
+      c.block_rows = 8;
+      c.block_cols = 16;
+      j["quantization_config"] = {{"quant_method", "fp8"},
+                                  {"fmt", "e4m3"},
+                                  {"activation_scheme", "dynamic"},
+                                  {"weight_block_size", {c.block_rows, c.block_cols}}};
+    }
   } else if (c.model_type == "gpt_oss") {
     c.hidden = 32;
     c.intermediate = 32;
@@ -255,18 +286,25 @@ inline bool write_checkpoint(fs::path const& dir, std::string const& family, Che
       w.floats_as(p + "gate.e_score_correction_bias", {E}, 0.2f, 0.f, io::SafetensorsDtype::f32);
     }
     bool const mixtral = c.model_type == "mixtral";
+    auto matrix = [&](std::string const& name, std::int64_t rows, std::int64_t cols) {
+      if (c.block_rows > 0) {
+        w.fp8(name, rows, cols, c.block_rows, c.block_cols);
+      } else {
+        w.floats(name, {rows, cols}, wscale);
+      }
+    };
     for (std::int64_t e = 0; e < E; ++e) {
       std::string const x = p + "experts." + std::to_string(e) + ".";
-      w.floats(x + (mixtral ? "w1" : "gate_proj") + ".weight", {I, H}, wscale);
-      w.floats(x + (mixtral ? "w3" : "up_proj") + ".weight", {I, H}, wscale);
-      w.floats(x + (mixtral ? "w2" : "down_proj") + ".weight", {H, I}, wscale);
+      matrix(x + (mixtral ? "w1" : "gate_proj") + ".weight", I, H);
+      matrix(x + (mixtral ? "w3" : "up_proj") + ".weight", I, H);
+      matrix(x + (mixtral ? "w2" : "down_proj") + ".weight", H, I);
     }
     if (c.shared_intermediate > 0) {
       std::int64_t const Is = c.shared_intermediate;
       std::string const x = p + (c.model_type == "qwen2_moe" ? "shared_expert." : "shared_experts.");
-      w.floats(x + "gate_proj.weight", {Is, H}, wscale);
-      w.floats(x + "up_proj.weight", {Is, H}, wscale);
-      w.floats(x + "down_proj.weight", {H, Is}, wscale);
+      matrix(x + "gate_proj.weight", Is, H);
+      matrix(x + "up_proj.weight", Is, H);
+      matrix(x + "down_proj.weight", H, Is);
       if (c.model_type == "qwen2_moe") {
         w.floats(p + "shared_expert_gate.weight", {1, H}, 0.5f);
       }
@@ -289,12 +327,35 @@ inline double mxfp4_value(RawTensor const& blocks, RawTensor const& scales, std:
   return std::ldexp(lut[code], int(scales.byte({e, row, col / 32})) - 127);
 }
 
+// An [out, in] weight as the model uses it: the stored value, times its FP8 block scale (an fp32
+// product, as DeepSeek's weight_dequant) when the checkpoint is FP8.
+struct RawMatrix {
+  RawTensor const* w = nullptr;
+  RawTensor const* scale = nullptr;
+  std::int64_t block_rows = 1, block_cols = 1;
+
+  RawMatrix() = default;
+  RawMatrix(Checkpoint const& c, std::string const& name) : w(&c.t(name)) {
+    if (c.block_rows > 0) {
+      scale = &c.t(name + "_scale_inv");
+      block_rows = c.block_rows;
+      block_cols = c.block_cols;
+    }
+  }
+  [[nodiscard]] double at(std::int64_t r, std::int64_t col) const {
+    if (scale == nullptr) {
+      return w->at({r, col});
+    }
+    return double(w->values[w->offset({r, col})] * scale->values[scale->offset({r / block_rows, col / block_cols})]);
+  }
+};
+
 // W_gate[m, h], W_up[m, h] ([I, H]), W_down[h, m] ([H, I]) and biases of routed expert e.
 struct RawExpert {
   std::int64_t e;
   bool gpt_oss, mxfp4;
   // Per-expert [out, in] matrices (null for gpt-oss), or gpt-oss's fused tensors of the layer.
-  RawTensor const *w_gate = nullptr, *w_up = nullptr, *w_down = nullptr;
+  RawMatrix w_gate, w_up, w_down;
   RawTensor const *gate_up_t = nullptr, *down_t = nullptr, *gu_blocks = nullptr, *gu_scales = nullptr,
                   *down_blocks = nullptr, *down_scales = nullptr, *gu_bias = nullptr, *d_bias = nullptr;
 
@@ -304,9 +365,9 @@ struct RawExpert {
     if (!gpt_oss) {
       bool const mixtral = c.model_type == "mixtral";
       std::string const p = x + std::to_string(e) + ".";
-      w_gate = &c.t(p + (mixtral ? "w1" : "gate_proj") + ".weight");
-      w_up = &c.t(p + (mixtral ? "w3" : "up_proj") + ".weight");
-      w_down = &c.t(p + (mixtral ? "w2" : "down_proj") + ".weight");
+      w_gate = RawMatrix(c, p + (mixtral ? "w1" : "gate_proj") + ".weight");
+      w_up = RawMatrix(c, p + (mixtral ? "w3" : "up_proj") + ".weight");
+      w_down = RawMatrix(c, p + (mixtral ? "w2" : "down_proj") + ".weight");
       return;
     }
     if (mxfp4) {
@@ -330,14 +391,14 @@ struct RawExpert {
     return gate_up_t->at({e, h, col});  // [E, H, 2I]: [in, out]
   }
   [[nodiscard]] double gate(std::int64_t m, std::int64_t h) const {
-    return gpt_oss ? gate_up(2 * m, h) : w_gate->at({m, h});
+    return gpt_oss ? gate_up(2 * m, h) : w_gate.at(m, h);
   }
   [[nodiscard]] double up(std::int64_t m, std::int64_t h) const {
-    return gpt_oss ? gate_up(2 * m + 1, h) : w_up->at({m, h});
+    return gpt_oss ? gate_up(2 * m + 1, h) : w_up.at(m, h);
   }
   [[nodiscard]] double down(std::int64_t h, std::int64_t m) const {
     if (!gpt_oss) {
-      return w_down->at({h, m});
+      return w_down.at(h, m);
     }
     if (mxfp4) {  // [E, H, I/32, 16]
       return mxfp4_value(*down_blocks, *down_scales, e, h, m);
@@ -351,20 +412,21 @@ struct RawExpert {
 
 // The shared expert's raw tensors (present when c.shared_intermediate > 0).
 struct RawShared {
-  RawTensor const *w_gate, *w_up, *w_down, *gate_weight = nullptr;
+  RawMatrix w_gate, w_up, w_down;
+  RawTensor const* gate_weight = nullptr;
 
   explicit RawShared(Checkpoint const& c) {
     std::string const p = c.prefix(c.layer) + (c.model_type == "qwen2_moe" ? "shared_expert." : "shared_experts.");
-    w_gate = &c.t(p + "gate_proj.weight");
-    w_up = &c.t(p + "up_proj.weight");
-    w_down = &c.t(p + "down_proj.weight");
+    w_gate = RawMatrix(c, p + "gate_proj.weight");
+    w_up = RawMatrix(c, p + "up_proj.weight");
+    w_down = RawMatrix(c, p + "down_proj.weight");
     if (c.model_type == "qwen2_moe") {
       gate_weight = &c.t(c.prefix(c.layer) + "shared_expert_gate.weight");
     }
   }
-  [[nodiscard]] double gate(std::int64_t m, std::int64_t h) const { return w_gate->at({m, h}); }
-  [[nodiscard]] double up(std::int64_t m, std::int64_t h) const { return w_up->at({m, h}); }
-  [[nodiscard]] double down(std::int64_t h, std::int64_t m) const { return w_down->at({h, m}); }
+  [[nodiscard]] double gate(std::int64_t m, std::int64_t h) const { return w_gate.at(m, h); }
+  [[nodiscard]] double up(std::int64_t m, std::int64_t h) const { return w_up.at(m, h); }
+  [[nodiscard]] double down(std::int64_t h, std::int64_t m) const { return w_down.at(h, m); }
   [[nodiscard]] bool has_gate_vector() const { return gate_weight != nullptr; }
   [[nodiscard]] double gate_vector(std::int64_t h) const { return gate_weight->at({0, h}); }
 };

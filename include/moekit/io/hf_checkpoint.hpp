@@ -14,8 +14,11 @@
 //   deepseek_v2, deepseek_v3   as qwen3_moe, I = moe_intermediate_size, plus (v3, noaux_tc)
 //                L.mlp.gate.e_score_correction_bias [E]; shared: L.mlp.shared_experts.{gate,up,down}_proj
 //                .weight, one MLP of I_s = n_shared_experts·I (absent when n_shared_experts is 0).
-//                FP8 e4m3 block-scaled weights (the released V3 files: F8_E4M3 + weight_scale_inv)
-//                are refused: not supported yet.
+//                FP8 e4m3 block-scaled weights (the released V3 files): F8_E4M3 `….weight` with F32
+//                `….weight_scale_inv` [ceil(out/b0), ceil(in/b1)], b = quantization_config.
+//                weight_block_size (absent: 128 × 128); value = fp8 · scale_inv, the fp32 product as
+//                the reference weight_dequant computes it. F8_E5M2 and FP8 without block scales are
+//                refused (unsupported_config).
 //   gpt_oss      L.mlp.router.weight [E,H], L.mlp.router.bias [E]; experts either as bf16/fp32
 //                fused [in,out] tensors L.mlp.experts.gate_up_proj [E,H,2I] (columns interleaved:
 //                2m gate, 2m+1 up), .gate_up_proj_bias [E,2I], .down_proj [E,I,H], .down_proj_bias
@@ -32,13 +35,14 @@
 // error naming the layer and the key that decides it.
 //
 // Element types: W = float or bf16_t, what the caller wants the expert weights in. BF16, F16 and
-// F32 tensors are read; bf16/f16 → float and bf16 → bf16 are exact, f32/f16 → bf16 rounds to
-// nearest even (bf16_t(float)); MXFP4 values are LUT·2^k, exact in both. The router weight and
+// F32 tensors are read (and FP8 above); bf16/f16 → float and bf16 → bf16 are exact, f32/f16 → bf16
+// rounds to nearest even (bf16_t(float)), FP8 → bf16 rounds the fp32 product; MXFP4 values are
+// LUT·2^k, exact in both. The router weight and
 // biases are always float (exact from BF16/F16/F32).
 //
 // Errors (Status::invalid_argument unless noted; load_moe_block leaves `out` untouched): a missing
 // tensor (named, with the file), a tensor of the wrong shape (got vs expected, named dims), a dtype
-// that is not read (FP8: unsupported_config, "not supported yet"), a config whose expert count or
+// that is not read (unscaled FP8, F8_E5M2: unsupported_config), a config whose expert count or
 // sizes do not match the tensors, a layer out of range or dense, an unknown family, a config key
 // missing or of the wrong type. Each message names the file (config or safetensors).
 
@@ -170,6 +174,8 @@ inline std::string hf_shape_string(std::vector<std::int64_t> const& shape) {
 struct HfTensors {
   SafetensorsFile const& file;
   std::string const& config_source;
+  std::int64_t block_rows = 128;  // FP8 scale blocks (quantization_config.weight_block_size)
+  std::int64_t block_cols = 128;
 
   [[nodiscard]] bool has(std::string const& name) const { return file.contains(name); }
 
@@ -199,11 +205,13 @@ struct HfTensors {
     if (Status s = entry(name, want, e); !s) {
       return s;
     }
-    if (e->dtype == SafetensorsDtype::f8_e4m3 || e->dtype == SafetensorsDtype::f8_e5m2) {
+    if (e->dtype == SafetensorsDtype::f8_e4m3) {
+      return fp8_block_scaled(name, want, out);
+    }
+    if (e->dtype == SafetensorsDtype::f8_e5m2) {
       return error(Status::unsupported_config,
-                   "safetensors file '%s': tensor '%s' is %s: FP8 block-scaled checkpoints (weight_scale_inv) are not "
-                   "supported yet; dequantise to BF16 first",
-                   file.source.c_str(), name.c_str(), to_string(e->dtype));
+                   "safetensors file '%s': tensor '%s' is F8_E5M2: only F8_E4M3 block-scaled weights are supported",
+                   file.source.c_str(), name.c_str());
     }
     if (e->dtype != SafetensorsDtype::bf16 && e->dtype != SafetensorsDtype::f16 && e->dtype != SafetensorsDtype::f32) {
       return error(Status::invalid_argument,
@@ -213,6 +221,40 @@ struct HfTensors {
     }
     std::vector<std::int64_t> shape;
     return read_tensor(file, name, out, shape);
+  }
+
+  // DeepSeek-V3's FP8 weights: value[r, c] = fp8[r, c] · scale_inv[r / block_rows, c / block_cols],
+  // the fp32 product (as the reference weight_dequant), from `name` + "_scale_inv" (F32).
+  Status fp8_block_scaled(std::string const& name, std::vector<HfDim> const& want, std::vector<float>& out) const {
+    std::string const scale_name = name + "_scale_inv";
+    if (want.size() != 2) {
+      return error(Status::unsupported_config, "safetensors file '%s': tensor '%s' is F8_E4M3 but not a matrix",
+                   file.source.c_str(), name.c_str());
+    }
+    if (!has(scale_name)) {
+      return error(Status::unsupported_config,
+                   "safetensors file '%s': tensor '%s' is F8_E4M3 without its block scales '%s' (per-tensor or "
+                   "unscaled FP8 is not supported)",
+                   file.source.c_str(), name.c_str(), scale_name.c_str());
+    }
+    std::int64_t const rows = want[0].value, cols = want[1].value;
+    std::int64_t const brows = (rows + block_rows - 1) / block_rows, bcols = (cols + block_cols - 1) / block_cols;
+    std::vector<float> scale, values;
+    if (Status s = floats(scale_name, {{"ceil(rows/block)", brows}, {"ceil(cols/block)", bcols}}, scale); !s) {
+      return s;
+    }
+    std::vector<std::int64_t> shape;
+    if (Status s = read_tensor(file, name, values, shape); !s) {
+      return s;
+    }
+    for (std::int64_t r = 0; r < rows; ++r) {
+      for (std::int64_t c = 0; c < cols; ++c) {
+        values[static_cast<std::size_t>(r * cols + c)] *=
+            scale[static_cast<std::size_t>((r / block_rows) * bcols + c / block_cols)];
+      }
+    }
+    out = std::move(values);
+    return Status::ok;
   }
 
   // A U8 tensor of shape `want` (MXFP4 blocks and scales).
@@ -309,6 +351,24 @@ inline Status hf_int(ConfigReader const& r, char const* key, std::int64_t fallba
     return s;
   }
   out = v;
+  return Status::ok;
+}
+
+// quantization_config.weight_block_size [rows, cols] (absent: 128 × 128, DeepSeek-V3's).
+inline Status hf_fp8_blocks(Json const& config, std::string const& source, std::int64_t& rows, std::int64_t& cols) {
+  auto const q = config.find("quantization_config");
+  if (q == config.end() || !q->is_object() || !q->contains("weight_block_size")) {
+    return Status::ok;
+  }
+  Json const& b = q->at("weight_block_size");
+  if (!b.is_array() || b.size() != 2 || !b[0].is_number_integer() || !b[1].is_number_integer() ||
+      b[0].get<std::int64_t>() < 1 || b[1].get<std::int64_t>() < 1) {
+    return error(Status::invalid_argument,
+                 "%s: key 'quantization_config.weight_block_size' must be two positive integers (got %s)",
+                 source.c_str(), show(b).c_str());
+  }
+  rows = b[0].get<std::int64_t>();
+  cols = b[1].get<std::int64_t>();
   return Status::ok;
 }
 
@@ -556,7 +616,7 @@ template <HfWeightElement W>
   if (!moe) {
     return r.fail("layer " + std::to_string(layer) + " is a dense layer, not MoE: " + why);
   }
-  if (r.has("hidden_act")) {
+  if (r.has("hidden_act") && router.model_type != "gpt_oss") {  // gpt-oss's function is fixed by the family
     std::string act;
     if (Status s = r.string("hidden_act", act); !s) {
       return s;
@@ -579,7 +639,10 @@ template <HfWeightElement W>
     }
   }
 
-  detail::HfTensors const t{file, source};
+  detail::HfTensors t{file, source};
+  if (Status s = detail::hf_fp8_blocks(config, source, t.block_rows, t.block_cols); !s) {
+    return s;
+  }
   std::string const prefix = "model.layers." + std::to_string(layer) + "." + family->mlp + ".";
   std::int64_t const E = b.experts, H = b.hidden;
   std::string const router_name = prefix + family->router + ".weight";

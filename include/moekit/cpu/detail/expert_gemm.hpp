@@ -62,15 +62,16 @@ void dot_block(float const* a, std::int64_t lda, W const* w, std::int64_t ldw, s
       acc[r][j] = _mm256_setzero_ps();
     }
   }
+  // 4×3 accumulators + 3 weight vectors + 1 activation vector: exactly the 16 ymm registers.
   for (; k + 8 <= n; k += 8) {
-    __m256 x[R];
-    for (int r = 0; r < R; ++r) {
-      x[r] = _mm256_loadu_ps(a + r * lda + k);
-    }
+    __m256 wv[J];
     for (int j = 0; j < J; ++j) {
-      __m256 const wv = load8(w + j * ldw + k);
-      for (int r = 0; r < R; ++r) {
-        acc[r][j] = _mm256_fmadd_ps(x[r], wv, acc[r][j]);
+      wv[j] = load8(w + j * ldw + k);
+    }
+    for (int r = 0; r < R; ++r) {
+      __m256 const x = _mm256_loadu_ps(a + r * lda + k);
+      for (int j = 0; j < J; ++j) {
+        acc[r][j] = _mm256_fmadd_ps(x, wv[j], acc[r][j]);
       }
     }
   }

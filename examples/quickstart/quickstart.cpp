@@ -1,80 +1,58 @@
-// moekit quickstart: route a handful of tokens to 8 experts with a softmax top-2 router,
-// written once as a CUDA kernel and run here on the CPU by moekit's emulator, with racecheck
-// on. The same kernel compiles with nvcc for sm_80 and sm_90a.
+// moekit quickstart: a tiny Mixtral-style MoE layer — softmax top-2 of 8 experts, renormalised,
+// SwiGLU experts in bf16 — composed at compile time as
+//
+//   moekit::MoeLayer<routing::TopK<8>, balancing::None, experts::SwiGlu<bf16_t>>
+//
+// and run twice on the same random tokens and weights: on the CPU executor (cpu::ThreadPool)
+// and on a CUDA stream, which here (host compiler) is moekit's CUDA emulator with racecheck on.
+// The same layer compiles with nvcc for sm_80 and sm_90a (quickstart_layer.cu). It prints the
+// routing statistics, how far the two backends are apart, and exits non-zero when that is more
+// than the bound layer_example.hpp derives (the device rounds the hidden activations to bf16
+// between the two GEMMs; the CPU executor keeps them in fp32).
 
 #include <cmath>
 #include <cstdio>
-#include <random>
-#include <vector>
 
-#include "top_k_router_kernel.hpp"
+#include "layer_example.hpp"
 
-#include "moekit/emu/emu.hpp"
+#include "moekit/balancing/concept.hpp"
+#include "moekit/experts/gated_mlp.hpp"
+#include "moekit/layer.hpp"
+#include "moekit/routing/top_k.hpp"
 
 int main() {
-  namespace emu = moekit::emu;
-  constexpr int k = 2;
-  int const experts = 8;
-  std::int64_t const tokens = 6;
+  namespace experts = moekit::experts;
+  namespace routing = moekit::routing;
+  using Layer = moekit::MoeLayer<routing::TopK<8>, moekit::balancing::None, experts::SwiGlu<moekit::bf16_t>>;
 
-  std::mt19937 rng(2026);
-  std::normal_distribution<float> dist(0.f, 1.5f);
-  std::vector<float> logits(static_cast<std::size_t>(tokens * experts));
-  for (auto& x : logits) {
-    x = dist(rng);
-  }
-  logits[3 * experts + 5] = NAN;  // a NaN logit is never selected
+  routing::TopK<8> const router = routing::mixtral_router(8, 2);  // HF: num_local_experts, num_experts_per_tok
+  experts::SwiGlu<moekit::bf16_t> const expert{};
 
-  std::vector<int> ids(static_cast<std::size_t>(tokens * k), -1);
-  std::vector<float> weights(ids.size(), 0.f);
-  auto const blocks = static_cast<unsigned>((tokens + quickstart::warps_per_block - 1) / quickstart::warps_per_block);
-  emu::LaunchOptions options;
-  options.racecheck = true;
-  options.schedule_seed = 1;  // a shuffled schedule: the result must not depend on it
-  emu::LaunchResult const r =
-      emu::launch({.grid = blocks, .block = 32 * quickstart::warps_per_block}, options,
-                  quickstart::top_k_router_kernel<k>, logits.data(), tokens, experts, ids.data(), weights.data());
-  if (!r.ok()) {
-    std::fprintf(stderr, "emulated launch failed: %s\n", r.summary().c_str());
+  Layer::Problem p;
+  p.tokens = 48;        // T ≤ 64: the decode tiles (16 rows) on the device
+  p.hidden = 64;        // H
+  p.intermediate = 96;  // I per expert
+  p.table = experts::all_computed(8);
+  auto const data = example::LayerData::random(p.tokens, p.hidden, p.intermediate, p.table, 2026);
+
+  std::printf("moekit quickstart: MoeLayer<TopK<8>, None, SwiGlu<bf16>>, Mixtral routing (top-2 of 8, "
+              "renormalised), T = %lld, H = %lld, I = %lld\n",
+              static_cast<long long>(p.tokens), static_cast<long long>(p.hidden),
+              static_cast<long long>(p.intermediate));
+  example::LayerRun cpu, device;
+  if (!example::run_layer<Layer>(router, expert, p, data, false, cpu) ||
+      !example::run_layer<Layer>(router, expert, p, data, true, device)) {
     return 1;
   }
+  example::print_routing(cpu, p.table, router.slots(), "CPU executor");
+  example::print_routing(device, p.table, router.slots(), "emulated device");
 
-  std::printf("moekit quickstart: softmax top-%d routing of %lld tokens over %d experts\n", k,
-              static_cast<long long>(tokens), experts);
-  std::printf("kernel ran under the CUDA emulator (%u blocks x %d threads, %llu fiber switches, racecheck clean)\n\n",
-              blocks, 32 * quickstart::warps_per_block, static_cast<unsigned long long>(r.context_switches));
-  int mismatches = 0;
-  for (std::int64_t t = 0; t < tokens; ++t) {
-    std::printf("token %lld  logits [", static_cast<long long>(t));
-    for (int e = 0; e < experts; ++e) {
-      std::printf("%s%6.2f", e ? " " : "", static_cast<double>(logits[static_cast<std::size_t>(t * experts + e)]));
-    }
-    std::printf("]  ->");
-    // Host check: the two largest finite logits, ties to the lower index.
-    int best[2] = {-1, -1};
-    for (int e = 0; e < experts; ++e) {
-      float const v = logits[static_cast<std::size_t>(t * experts + e)];
-      if (std::isnan(v)) {
-        continue;
-      }
-      for (int s = 0; s < 2; ++s) {
-        if (best[s] < 0 || v > logits[static_cast<std::size_t>(t * experts + best[s])]) {
-          if (s == 0) {
-            best[1] = best[0];
-          }
-          best[s] = e;
-          break;
-        }
-      }
-    }
-    for (int s = 0; s < k; ++s) {
-      auto const i = static_cast<std::size_t>(t * k + s);
-      std::printf("  expert %d (w %.3f)", ids[i], static_cast<double>(weights[i]));
-      mismatches += ids[i] != best[s];
-    }
-    std::printf("\n");
-  }
-  std::printf("\n%s\n",
-              mismatches == 0 ? "all selections match the host reference" : "MISMATCH against the host reference");
-  return mismatches == 0 ? 0 : 1;
+  // SwiGLU h = silu(g)·u = g·σ(g)·u: ∂h/∂g = σ(g)(1 + g(1 − σ(g)))·u, ∂h/∂u = silu(g). The
+  // router's weights are a softmax over the selected logits: Σ_m |∂w_k/∂z_m| = 2w_k(1 − w_k) ≤ ½.
+  auto const swiglu = [](double g, double u) {
+    double const s = 1.0 / (1.0 + std::exp(-g));
+    return example::HiddenUnit{g * s * u, std::fabs(s * (1.0 + g * (1.0 - s)) * u), std::fabs(g * s)};
+  };
+  auto const c = example::compare_backends(data, cpu, device, router.slots(), 0.5, swiglu);
+  return example::report(c, cpu.workspace_bytes, device.workspace_bytes);
 }

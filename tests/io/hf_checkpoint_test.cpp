@@ -15,7 +15,9 @@
 #include <cmath>
 #include <cstdint>
 #include <filesystem>
+#include <fstream>
 #include <functional>
+#include <map>
 #include <random>
 #include <string>
 #include <type_traits>
@@ -329,8 +331,8 @@ void check_block(Checkpoint const& c, io::MoeBlock<W> const& b) {
 
 // ---- 3. errors ----------------------------------------------------------------------------------
 
-// The checkpoint's tensors with `edit` applied, rewritten to its model.safetensors.
-void rewrite(Checkpoint const& c, std::function<void(std::map<std::string, io::SafetensorsTensor>&)> const& edit) {
+// The checkpoint's tensors as the writer takes them.
+std::map<std::string, io::SafetensorsTensor> tensors_of(Checkpoint const& c) {
   std::map<std::string, io::SafetensorsTensor> files;
   for (auto const& [name, raw] : c.tensors) {
     if (raw.dtype == io::SafetensorsDtype::u8) {
@@ -351,6 +353,12 @@ void rewrite(Checkpoint const& c, std::function<void(std::map<std::string, io::S
       files[name] = io::make_safetensors_tensor(raw.values.data(), raw.shape);
     }
   }
+  return files;
+}
+
+// The checkpoint's tensors with `edit` applied, rewritten to its model.safetensors.
+void rewrite(Checkpoint const& c, std::function<void(std::map<std::string, io::SafetensorsTensor>&)> const& edit) {
+  std::map<std::string, io::SafetensorsTensor> files = tensors_of(c);
   edit(files);
   REQUIRE(io::write_safetensors(c.weights_path, files) == Status::ok);
 }
@@ -539,4 +547,60 @@ TEST_CASE("hf_checkpoint: errors name the file, the tensor or key, and leave the
     fs::resize_file(c.weights_path, fs::file_size(c.weights_path) - 7);
     CHECK_THAT(load_error(c, 0), Catch::Contains(c.weights_path.string()));
   }
+}
+
+TEST_CASE("hf_checkpoint: a sharded checkpoint's index gathers the layer from its shards", "[io][hf_checkpoint]") {
+  TempDir tmp;
+  Checkpoint c;
+  REQUIRE(test_hf::write_checkpoint(tmp.dir, "qwen2_moe", c, 4));
+  // Two shards, tensors alternating between them, so that layer 1 spans both.
+  std::map<std::string, io::SafetensorsTensor> shards[2];
+  nlohmann::json index = {{"metadata", {{"total_size", 0}}}, {"weight_map", nlohmann::json::object()}};
+  int i = 0;
+  for (auto& [name, t] : tensors_of(c)) {
+    int const shard = i++ % 2;
+    index["weight_map"][name] = "model-0000" + std::to_string(shard + 1) + "-of-00002.safetensors";
+    shards[shard][name] = std::move(t);
+  }
+  for (int shard = 0; shard < 2; ++shard) {
+    REQUIRE(io::write_safetensors(tmp.dir / ("model-0000" + std::to_string(shard + 1) + "-of-00002.safetensors"),
+                                  shards[shard]) == Status::ok);
+  }
+  fs::path const index_path = tmp.dir / "model.safetensors.index.json";
+  std::ofstream(index_path) << index.dump();
+  io::MoeBlock<float> const single = load_ok<float>(c, 1);
+  io::MoeBlock<float> sharded;
+  clear_error_message();
+  REQUIRE(io::load_moe_block(c.config_path, index_path, 1, sharded) == Status::ok);
+  CHECK(sharded.gate == single.gate);
+  CHECK(sharded.up == single.up);
+  CHECK(sharded.down == single.down);
+  CHECK(sharded.router_weight == single.router_weight);
+  CHECK(sharded.shared_gate == single.shared_gate);
+  CHECK(sharded.shared_down == single.shared_down);
+  CHECK(sharded.shared_gate_vector == single.shared_gate_vector);
+
+  auto sharded_error = [&](nlohmann::json const& j, int layer, std::string const& expected) {
+    std::ofstream(index_path) << j.dump();
+    io::MoeBlock<float> b;
+    b.model_type = "untouched";
+    clear_error_message();
+    CHECK(io::load_moe_block(c.config_path, index_path, layer, b) != Status::ok);
+    CHECK(b.model_type == "untouched");
+    CHECK_THAT(last_error_message(), Catch::Contains(expected));
+  };
+  nlohmann::json missing_shard = index;
+  missing_shard["weight_map"]["model.layers.1.mlp.gate.weight"] = "model-00003-of-00002.safetensors";
+  sharded_error(missing_shard, 1,
+                "safetensors file '" + (tmp.dir / "model-00003-of-00002.safetensors").string() +
+                    "': cannot open: no such file");
+  nlohmann::json wrong_shard = index;
+  std::string const name = "model.layers.1.mlp.experts.3.up_proj.weight";
+  wrong_shard["weight_map"][name] = index["weight_map"][name] == "model-00001-of-00002.safetensors"
+                                        ? "model-00002-of-00002.safetensors"
+                                        : "model-00001-of-00002.safetensors";
+  sharded_error(wrong_shard, 1, "safetensors index '" + index_path.string() + "' puts tensor '" + name + "' in");
+  sharded_error(nlohmann::json::array(), 1,
+                "safetensors index '" + index_path.string() + "': not a model.safetensors.index.json");
+  sharded_error(index, 7, "safetensors index '" + index_path.string() + "': no tensor of layer 7 ('model.layers.7.*')");
 }

@@ -88,7 +88,9 @@ struct Flag {
 Flag const flags[] = {
     {"--config", FlagKind::path, "config.json", "the checkpoint's Hugging Face config.json", &Options::config},
     {"--weights", FlagKind::path, "model.safetensors",
-     "the .safetensors file holding the layer's MoE tensors (one shard)", &Options::weights},
+     "the .safetensors file holding the layer's MoE tensors, or a sharded checkpoint's "
+     "model.safetensors.index.json (the layer is gathered from its shards)",
+     &Options::weights},
     {"--layer", FlagKind::layer, "N", "the decoder layer whose MoE block runs (must be an MoE layer)"},
     {"--input", FlagKind::path, "x.npy", "hidden states [T, H] (float32; float16 is widened exactly)", &Options::input},
     {"--output", FlagKind::path, "y.npy", "where y [T, H] (float32) is written", &Options::output},

@@ -29,6 +29,9 @@
 //                α = swiglu_alpha (absent: 1.702), limit = swiglu_limit (absent: 7).
 // Every family weights the expert output after the down projection (after_expert, §1.9.2).
 //
+// The weights: one .safetensors file holding the layer, or a sharded checkpoint's
+// model.safetensors.index.json, whose shards the layer's tensors are gathered from.
+//
 // Which layers are MoE: mixtral, olmoe, gpt_oss every layer; qwen2/3: layer ∉ mlp_only_layers and
 // (layer+1) % decoder_sparse_step == 0; deepseek: layer >= first_k_dense_replace and layer %
 // moe_layer_freq == 0 (§1.4.4, §1.10). A dense layer, or one outside [0, num_hidden_layers), is an
@@ -52,6 +55,7 @@
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
+#include <map>
 #include <span>
 #include <string>
 #include <string_view>
@@ -68,6 +72,7 @@
 #include "moekit/core/tensor_view.hpp"
 #include "moekit/experts/expert_args.hpp"
 #include "moekit/experts/mlp_weights.hpp"
+#include "moekit/io/file.hpp"
 #include "moekit/io/hf_config.hpp"
 #include "moekit/io/safetensors.hpp"
 
@@ -722,7 +727,68 @@ template <HfWeightElement W>
   return Status::ok;
 }
 
-// Reads config.json and the .safetensors file, then load_moe_block.
+// The tensors of layer `layer` ("model.layers.{layer}.*") of a sharded checkpoint, gathered from
+// the shards its index (model.safetensors.index.json: {"weight_map": {tensor: shard file}}) names,
+// into one SafetensorsFile whose source is the index (shards are read one at a time; only the
+// layer's bytes are kept). Errors name the index or the shard.
+[[nodiscard]] inline Status read_sharded_layer(std::filesystem::path const& index_path, int layer,
+                                               SafetensorsFile& out) {
+  std::string const index = index_path.string();
+  std::vector<std::byte> bytes;
+  if (Status s = read_file(index_path, "safetensors index", bytes); !s) {
+    return s;
+  }
+  auto const* text = reinterpret_cast<char const*>(bytes.data());
+  nlohmann::json const j = nlohmann::json::parse(text, text + bytes.size(), nullptr, false);
+  if (j.is_discarded() || !j.is_object() || !j.contains("weight_map") || !j.at("weight_map").is_object()) {
+    return error(Status::invalid_argument,
+                 "safetensors index '%s': not a model.safetensors.index.json (a JSON object with a 'weight_map' "
+                 "object)",
+                 index.c_str());
+  }
+  std::string const prefix = "model.layers." + std::to_string(layer) + ".";
+  std::map<std::string, std::vector<std::string>> by_shard;  // shard file → the layer's tensors in it
+  for (auto const& [name, shard] : j.at("weight_map").items()) {
+    if (!shard.is_string()) {
+      return error(Status::invalid_argument, "safetensors index '%s': weight_map['%s'] must be a file name (got %s)",
+                   index.c_str(), name.c_str(), detail::show(shard).c_str());
+    }
+    if (name.compare(0, prefix.size(), prefix) == 0) {
+      by_shard[shard.get<std::string>()].push_back(name);
+    }
+  }
+  if (by_shard.empty()) {
+    return error(Status::invalid_argument, "safetensors index '%s': no tensor of layer %d ('%s*')", index.c_str(),
+                 layer, prefix.c_str());
+  }
+  SafetensorsFile merged;
+  merged.source = index;
+  for (auto const& [shard, names] : by_shard) {
+    SafetensorsFile file;
+    if (Status s = read_safetensors(index_path.parent_path() / shard, file); !s) {
+      return s;
+    }
+    for (std::string const& name : names) {
+      auto const it = file.tensors.find(name);
+      if (it == file.tensors.end()) {
+        return error(Status::invalid_argument,
+                     "safetensors index '%s' puts tensor '%s' in '%s', which does not hold it", index.c_str(),
+                     name.c_str(), file.source.c_str());
+      }
+      SafetensorsEntry e = it->second;
+      std::span<std::byte const> const data = file.bytes(it->second);
+      e.begin = static_cast<std::int64_t>(merged.buffer.size());
+      e.end = e.begin + static_cast<std::int64_t>(data.size());
+      merged.buffer.insert(merged.buffer.end(), data.begin(), data.end());
+      merged.tensors[name] = std::move(e);
+    }
+  }
+  out = std::move(merged);
+  return Status::ok;
+}
+
+// Reads config.json and the weights, then load_moe_block. `weights_path` is a .safetensors file,
+// or a sharded checkpoint's index (a path ending in .json: read_sharded_layer).
 template <HfWeightElement W>
 [[nodiscard]] Status load_moe_block(std::filesystem::path const& config_path, std::filesystem::path const& weights_path,
                                     int layer, MoeBlock<W>& out) {
@@ -731,7 +797,9 @@ template <HfWeightElement W>
     return s;
   }
   SafetensorsFile file;
-  if (Status s = read_safetensors(weights_path, file); !s) {
+  if (Status s = weights_path.extension() == ".json" ? read_sharded_layer(weights_path, layer, file)
+                                                     : read_safetensors(weights_path, file);
+      !s) {
     return s;
   }
   return load_moe_block(config, "config '" + config_path.string() + "'", file, layer, out);

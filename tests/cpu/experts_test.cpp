@@ -592,6 +592,58 @@ TEST_CASE("cpu experts: shapes — T = 0 and 1, E = 256, K = 8, one expert for a
   }
 }
 
+// Views, not copies: a fused [E, 2I, H] gate_up checkpoint tensor (gate = rows 0..I-1, up = rows
+// I..2I-1, stride(0) = 2IH) and x, y with padded rows run the same arithmetic: the same bits.
+TEST_CASE("cpu experts: fused gate_up slices and strided rows give the same bits", "[cpu][experts]") {
+  Config c;
+  c.biases = true;
+  Layer<bf16_t, bf16_t> const L(c);
+  experts::SwiGlu<bf16_t> const swiglu;
+  std::int64_t const T = c.tokens, H = c.hidden, I = c.inter, E = c.table.computed, pad = 3;
+  std::vector<float> dense(static_cast<std::size_t>(T * H));
+  REQUIRE(run(swiglu, L, dense, 2) == Status::ok);
+
+  std::vector<bf16_t> fused(static_cast<std::size_t>(E * 2 * I * H));
+  for (std::int64_t e = 0; e < E; ++e) {
+    auto const src = static_cast<std::ptrdiff_t>(e * I * H);
+    auto const dst = static_cast<std::ptrdiff_t>(e * 2 * I * H);
+    std::copy_n(L.gate.begin() + src, I * H, fused.begin() + dst);
+    std::copy_n(L.up.begin() + src, I * H, fused.begin() + dst + I * H);
+  }
+  std::vector<bf16_t> x_padded(static_cast<std::size_t>(T * (H + pad)), bf16_t(99.0f));
+  for (std::int64_t t = 0; t < T; ++t) {
+    std::copy_n(L.x.begin() + t * H, H, x_padded.begin() + t * (H + pad));
+  }
+  std::vector<float> y_padded(static_cast<std::size_t>(T * (H + pad)), -5.0f);
+  std::vector<float> scratch(dense.size());
+  auto a = L.args<float>(scratch);
+  a.experts.gate = {fused.data(), {E, I, H}, {2 * I * H, H, 1}};
+  a.experts.up = {fused.data() + I * H, {E, I, H}, {2 * I * H, H, 1}};
+  a.x = {x_padded.data(), {T, H}, {H + pad, 1}};
+  a.y = {y_padded.data(), {T, H}, {H + pad, 1}};
+  auto const p = L.problem();
+  std::vector<std::byte> bytes(cpu::experts_workspace_size<experts::SwiGlu<bf16_t>, bf16_t, float>(swiglu, p) + 256);
+  void* base = bytes.data();
+  std::size_t space = bytes.size();
+  std::align(Workspace::default_alignment, space - 256, base, space);
+  Workspace ws(base, space);
+  cpu::ThreadPool pool(3);
+  REQUIRE(cpu::run_experts(swiglu, p, a, ws, nullptr, &pool) == Status::ok);
+  std::size_t differ = 0, padding_written = 0;
+  for (std::int64_t t = 0; t < T; ++t) {
+    for (std::int64_t h = 0; h < H + pad; ++h) {
+      float const v = y_padded[static_cast<std::size_t>(t * (H + pad) + h)];
+      if (h < H) {
+        differ += std::memcmp(&v, &dense[static_cast<std::size_t>(t * H + h)], sizeof v) != 0 ? 1 : 0;
+      } else {
+        padding_written += v != -5.0f ? 1 : 0;
+      }
+    }
+  }
+  CHECK(differ == 0);
+  CHECK(padding_written == 0);
+}
+
 TEST_CASE("cpu experts: NaN in x propagates to its token only", "[cpu][experts]") {
   Config c;
   c.tokens = 5;

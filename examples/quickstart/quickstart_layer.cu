@@ -1,7 +1,8 @@
 // The quickstart's layer in a real CUDA build: MoeLayer::run on a stream with device Arguments,
 // instantiated for nvcc (sm_80, sm_90a). It pulls in every kernel the layer launches — the
-// gate projection, the router, the dispatch plan, the up/down GEMMs with both tile
-// configurations (decode for T ≤ 64, prefill above) and the combine — and the nvcc report
+// fused single-launch kernel (the default), and for the multi-launch path the gate projection,
+// the router, the dispatch plan, the up/down GEMMs and the combine, each with both tile
+// configurations (decode for T ≤ 64, prefill above) — and the nvcc report
 // (registers, spills, shared memory, tensor-core instructions) comes from here.
 #include "moekit/balancing/concept.hpp"
 #include "moekit/experts/gated_mlp.hpp"

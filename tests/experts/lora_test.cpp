@@ -204,14 +204,19 @@ struct AlignedWorkspace {
   }
 };
 
-template <class Cfg, class Y, class T>
-Status run_device(experts::LoraExpert<T> const& expert, Case<T, T> const& c, std::vector<Y>& y) {
+// Emulated launches: a shuffled schedule, racecheck and initcheck on, 2 resident blocks.
+moekit::emu::LaunchOptions checked_launches(std::uint64_t schedule_seed) {
   moekit::emu::LaunchOptions o;
-  o.schedule_seed = 3;
+  o.schedule_seed = schedule_seed;
   o.racecheck = true;
   o.initcheck = true;
   o.max_resident_blocks = 2;
-  moekit::emu::ScopedLaunchOptions const guard(o);
+  return o;
+}
+
+template <class Cfg, class Y, class T>
+Status run_device(experts::LoraExpert<T> const& expert, Case<T, T> const& c, std::vector<Y>& y) {
+  moekit::emu::ScopedLaunchOptions const guard(checked_launches(3));
   y.assign(static_cast<std::size_t>(c.shape.tokens * c.shape.hidden), Y(-7.0f));
   auto const p = c.problem();
   AlignedWorkspace ws(kernels::expert_stage_workspace_size<Cfg, T>(p));
@@ -477,11 +482,7 @@ TEST_CASE("MoeLayer: DynMoLE routing over LoRA experts, CPU executor and emulate
     Diagnostics d{};
     Status s = Status::ok;
     if (device) {
-      moekit::emu::LaunchOptions o;
-      o.schedule_seed = 4;
-      o.racecheck = true;
-      o.max_resident_blocks = 2;
-      moekit::emu::ScopedLaunchOptions const guard(o);
+      moekit::emu::ScopedLaunchOptions const guard(checked_launches(4));
       s = Layer::run(router, {}, expert, p, args.template operator()<MemorySpace::device>(&d), ws.w, nullptr);
     } else {
       moekit::cpu::ThreadPool pool(2);

@@ -308,12 +308,12 @@ Status run_experts(Ex const& expert, Inputs const& in, Routing const& r, unsigne
   p.position = b.position;
   y.assign(static_cast<std::size_t>(T * H), 0.f);
   moekit::experts::ExpertArgs<float, float, float, moekit::MemorySpace::host> const args{
-      HostTensor<float const, 2>::row_major(in.x.data(), {T, H}),
-      HostTensor<int const, 2>::row_major(r.ids.data(), {T, r.slots}),
-      HostTensor<float const, 2>::row_major(r.weights.data(), {T, r.slots}),
-      b.expert_weights(),
-      b.shared_weights(),
-      HostTensor<float, 2>::row_major(y.data(), {T, H})};
+      .x = HostTensor<float const, 2>::row_major(in.x.data(), {T, H}),
+      .ids = HostTensor<int const, 2>::row_major(r.ids.data(), {T, r.slots}),
+      .weights = HostTensor<float const, 2>::row_major(r.weights.data(), {T, r.slots}),
+      .experts = b.expert_weights(),
+      .shared = b.shared_weights(),
+      .y = HostTensor<float, 2>::row_major(y.data(), {T, H})};
   std::size_t const bytes = moekit::cpu::experts_workspace_size<Ex, float, float>(expert, p);
   std::size_t const alignment = moekit::Workspace::default_alignment;
   std::vector<std::byte> storage(bytes + alignment);

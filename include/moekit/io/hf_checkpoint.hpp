@@ -286,11 +286,16 @@ template <class W>
   }
 }
 
+// Appends src converted to W. (No reserve here: reserving the exact size on every append would
+// reallocate each time, quadratic over a layer's experts; callers reserve the total once.)
 template <class W>
 void hf_append(std::vector<W>& dst, std::vector<float> const& src) {
-  dst.reserve(dst.size() + src.size());
-  for (float v : src) {
-    dst.push_back(hf_narrow<W>(v));
+  if constexpr (std::is_same_v<W, float>) {
+    dst.insert(dst.end(), src.begin(), src.end());
+  } else {
+    for (float v : src) {
+      dst.push_back(hf_narrow<W>(v));
+    }
   }
 }
 
@@ -449,6 +454,9 @@ Status hf_per_expert(HfTensors const& t, HfFamily const& f, std::string const& p
                  name(n - 1, f.gate_name).c_str(), static_cast<long long>(n));
   }
   std::vector<float> v;
+  for (std::vector<W>* w : {&b.gate, &b.up, &b.down}) {
+    w->reserve(static_cast<std::size_t>(E * I * H));
+  }
   for (std::int64_t e = 0; e < E; ++e) {
     if (!t.has(name(e, f.gate_name)) && e > 0 && t.has(name(e - 1, f.gate_name))) {
       return error(Status::invalid_argument,

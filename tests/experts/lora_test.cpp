@@ -299,7 +299,7 @@ TEMPLATE_TEST_CASE("LoRA experts on the CPU executor against host::reference_lor
       std::vector<float> y1, y3;
       REQUIRE(run_cpu(expert, c, y1, 1) == Status::ok);
       REQUIRE(run_cpu(expert, c, y3, 3) == Status::ok);
-      REQUIRE(std::memcmp(y1.data(), y3.data(), y1.size() * sizeof(float)) == 0);  // any thread count
+      REQUIRE((y1.empty() || std::memcmp(y1.data(), y3.data(), y1.size() * sizeof(float)) == 0));  // any thread count
       // The CPU executor keeps h in fp32.
       require_within(y1, oracle(c, w.lora, u32, u32));
     }

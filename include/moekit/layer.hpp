@@ -76,12 +76,13 @@ class MoeLayer {
   // X: activations (and the router weight) — float or bf16; Y: output — float or X.
   template <class X, class Y, MemorySpace Space>
   struct Arguments {
-    TensorView<X const, 2, Space> x;              // [T, H]
-    TensorView<X const, 2, Space> gate_weight;    // [E, H] router weight (HF [out, in])
-    TensorView<float const, 1, Space> gate_bias;  // [E] or extent 0 (gpt-oss has one)
-    experts::MlpWeights<Element, Space> experts;  // table.computed experts
-    experts::SharedExpertWeights<Element, Space> shared;
-    TensorView<Y, 2, Space> y;  // [T, H]
+    TensorView<X const, 2, Space> x;                            // [T, H]
+    TensorView<X const, 2, Space> gate_weight;                  // [E, H] router weight (HF [out, in])
+    TensorView<float const, 1, Space> gate_bias;                // [E] or extent 0 (gpt-oss has one)
+    typename experts::WeightsOf<Element, Space>::type experts;  // table.computed experts (dense or quantised)
+    experts::SharedExpertWeights<typename experts::WeightsOf<Element, Space>::dense, Space> shared;
+    experts::QuantizedMlpLayout quantized_layout{};  // quantised device weights: host copies of bits/offsets
+    TensorView<Y, 2, Space> y;                       // [T, H]
     // Optional outputs (null data: not written): the router's logits [T, E], ids and weights [T, K].
     TensorView<float, 2, Space> logits;
     TensorView<int, 2, Space> ids;
@@ -129,6 +130,9 @@ class MoeLayer {
       if (Status s = expert.validate(); !s) {
         return s;
       }
+      if (!device && experts::WeightsOf<Element, MemorySpace::host>::quantized) {
+        return error(Status::unsupported_config, "MoeLayer on the CPU: quantized experts need the device path for now");
+      }
       if (device) {
         if (Status s = kernels::can_implement<kernels::PrefillConfig, Expert, X, Y>(expert, expert_problem(router, p));
             !s) {
@@ -150,7 +154,9 @@ class MoeLayer {
       stage = std::max(kernels::expert_stage_workspace_size<kernels::PrefillConfig, X>(ep),
                        kernels::expert_stage_workspace_size<kernels::DecodeConfig, X>(ep));
     } else {
-      stage = cpu::experts_workspace_size<Expert, X, Y>(Expert{}, ep);
+      if constexpr (!experts::WeightsOf<Element, MemorySpace::host>::quantized) {
+        stage = cpu::experts_workspace_size<Expert, X, Y>(Expert{}, ep);
+      }
     }
     return counting.bytes_used() + Workspace::default_alignment + stage + loss_workspace_bytes(p);
   }
@@ -232,7 +238,11 @@ class MoeLayer {
     if (Status s = cpu::route(router, route_buffers(r)); !s) {
       return s;
     }
-    return cpu::run_experts(expert, expert_problem(router, p), expert_args(a, r), workspace, a.diagnostics, &pool);
+    if constexpr (experts::WeightsOf<Element, MemorySpace::host>::quantized) {
+      return Status::unsupported_config;  // (can_implement said why)
+    } else {
+      return cpu::run_experts(expert, expert_problem(router, p), expert_args(a, r), workspace, a.diagnostics, &pool);
+    }
   }
 
  private:
@@ -343,6 +353,7 @@ class MoeLayer {
     e.experts = a.experts;
     e.shared = a.shared;
     e.y = a.y;
+    e.quantized_layout = a.quantized_layout;
     return e;
   }
 

@@ -15,3 +15,5 @@ if(MOEKIT_ENABLE_CUDA)
            "expert_down_kernelINS1_12KernelConfigILi16=128:34816"
            "combine_kernel=128")
 endif()
+moekit_add_test(experts_quantized_stage_test SOURCES ${CMAKE_CURRENT_LIST_DIR}/quantized_stage_test.cpp
+  LABELS emu experts EMU)

@@ -4,6 +4,7 @@
 #include "moekit/experts/clamped_swiglu.hpp"
 #include "moekit/experts/gated_mlp.hpp"
 #include "moekit/experts/plain_mlp.hpp"
+#include "moekit/experts/quantized.hpp"
 #include "moekit/kernels/expert_stage.hpp"
 #include "moekit/kernels/fused_layer.hpp"
 #include "moekit/routing/grouped_top_k.hpp"
@@ -26,6 +27,16 @@ MOEKIT_EXPERT_STAGE(PrefillConfig, experts::SwiGlu<fp16_t>, fp16_t, fp16_t)
 MOEKIT_EXPERT_STAGE(DecodeConfig, experts::SwiGlu<bf16_t>, bf16_t, bf16_t)
 MOEKIT_EXPERT_STAGE(DecodeConfig, experts::ClampedSwiglu<bf16_t>, bf16_t, bf16_t)
 MOEKIT_EXPERT_STAGE(DecodeConfig, experts::SwiGlu<fp16_t>, fp16_t, fp16_t)
+
+// Quantized<SwiGLU>: codes dequantised to bf16 on their way into shared memory.
+template Status run_expert_stage<PrefillConfig, experts::Quantized<experts::SwiGlu<bf16_t>>, bf16_t, bf16_t>(
+    experts::Quantized<experts::SwiGlu<bf16_t>> const&, experts::ExpertProblem const&,
+    experts::ExpertArgs<bf16_t, experts::QuantizedElement<bf16_t>, bf16_t, MemorySpace::device> const&, Workspace&,
+    Diagnostics*, arch::Stream, LaunchOptions const&);
+template Status run_expert_stage<DecodeConfig, experts::Quantized<experts::SwiGlu<bf16_t>>, bf16_t, bf16_t>(
+    experts::Quantized<experts::SwiGlu<bf16_t>> const&, experts::ExpertProblem const&,
+    experts::ExpertArgs<bf16_t, experts::QuantizedElement<bf16_t>, bf16_t, MemorySpace::device> const&, Workspace&,
+    Diagnostics*, arch::Stream, LaunchOptions const&);
 
 #undef MOEKIT_EXPERT_STAGE
 

@@ -30,7 +30,7 @@ using namespace moekit::experts;
 static_assert(diagnose_expert<Quantized<SwiGlu<bf16_t>>>());
 static_assert(diagnose_expert<Quantized<ClampedSwiglu<fp16_t>>>());
 static_assert(std::is_same_v<Quantized<SwiGlu<fp16_t>>::Compute, fp16_t>);
-static_assert(std::is_same_v<Quantized<SwiGlu<bf16_t>>::Element, QuantizedElement>);
+static_assert(std::is_same_v<Quantized<SwiGlu<bf16_t>>::Element, QuantizedElement<bf16_t>>);
 
 namespace {
 

@@ -18,6 +18,8 @@
 #include "moekit/experts/concept.hpp"
 #include "moekit/experts/expert_table.hpp"
 #include "moekit/experts/mlp_weights.hpp"
+#include "moekit/experts/quantized.hpp"
+#include "moekit/experts/quantized_weights.hpp"
 
 MOEKIT_NAMESPACE_BEGIN
 namespace experts {
@@ -41,14 +43,33 @@ struct ExpertProblem {
   CombineMode combine = CombineMode::deterministic;
 };
 
+// The weights of E experts whose Element is W: dense MlpWeights, or QuantizedMlpWeights for a
+// Quantized<Base> policy (whose shared expert stays dense, in the 16-bit Compute type).
+template <class W, MemorySpace Space>
+struct WeightsOf {
+  using type = MlpWeights<W, Space>;
+  using dense = W;
+  static constexpr bool quantized = false;
+};
+template <class Compute, MemorySpace Space>
+struct WeightsOf<QuantizedElement<Compute>, Space> {
+  using type = QuantizedMlpWeights<Space>;
+  using dense = Compute;
+  static constexpr bool quantized = true;
+};
+
 template <class X, class W, class Y, MemorySpace Space>
 struct ExpertArgs {
-  TensorView<X const, 2, Space> x;            // [T, H] activations
-  TensorView<int const, 2, Space> ids;        // [T, K] expert ids in [0, E]; E = empty slot
-  TensorView<float const, 2, Space> weights;  // [T, K] routing weights
-  MlpWeights<W, Space> experts;               // table.computed experts
-  SharedExpertWeights<W, Space> shared;       // present() iff problem.shared_intermediate > 0
-  TensorView<Y, 2, Space> y;                  // [T, H] output (overwritten)
+  TensorView<X const, 2, Space> x;             // [T, H] activations
+  TensorView<int const, 2, Space> ids;         // [T, K] expert ids in [0, E]; E = empty slot
+  TensorView<float const, 2, Space> weights;   // [T, K] routing weights
+  typename WeightsOf<W, Space>::type experts;  // table.computed experts
+  // present() iff problem.shared_intermediate > 0; dense (the Compute type for a quantised layer)
+  SharedExpertWeights<typename WeightsOf<W, Space>::dense, Space> shared;
+  TensorView<Y, 2, Space> y;  // [T, H] output (overwritten)
+  // Quantized weights in device memory: host copies of their bit widths and offsets, which the
+  // checks read (the host cannot read device memory). Unused otherwise.
+  QuantizedMlpLayout quantized_layout{};
 };
 
 [[nodiscard]] inline Status validate(ExpertProblem const& p) {
@@ -113,8 +134,20 @@ template <Expert E, class X, class W, class Y, MemorySpace Space>
   if (Status s = matrix(a.y, "y", p.tokens, p.hidden); !s) {
     return s;
   }
-  if (Status s = check_mlp_weights(a.experts, E::shape, p.table.computed, p.hidden, p.intermediate); !s) {
-    return s;
+  if constexpr (!WeightsOf<W, Space>::quantized) {
+    if (Status s = check_mlp_weights(a.experts, E::shape, p.table.computed, p.hidden, p.intermediate); !s) {
+      return s;
+    }
+  } else if constexpr (Space == MemorySpace::host) {
+    if (Status s = check_quantized_mlp_weights(a.experts, E::shape, p.table.computed, p.hidden, p.intermediate); !s) {
+      return s;
+    }
+  } else {
+    if (Status s = check_quantized_mlp_weights(a.experts, E::shape, p.table.computed, p.hidden, p.intermediate,
+                                               a.quantized_layout);
+        !s) {
+      return s;
+    }
   }
   if ((p.shared_intermediate > 0) != a.shared.present()) {
     return error(Status::invalid_argument,

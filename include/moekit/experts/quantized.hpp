@@ -17,8 +17,11 @@ MOEKIT_NAMESPACE_BEGIN
 namespace experts {
 
 // The Element of a quantised policy: a marker, not a storage type (the storage is
-// QuantizedWeights: codes, scales, zero points).
-struct QuantizedElement {};
+// QuantizedWeights: codes, scales, zero points), naming the 16-bit type codes become.
+template <class Compute>
+struct QuantizedElement {
+  using compute_type = Compute;
+};
 
 template <class Base>
 struct Quantized {
@@ -27,7 +30,7 @@ struct Quantized {
                 "Quantized<Base>: Base::Element is what the codes are dequantised to for the tensor cores: use a "
                 "bf16_t or fp16_t policy");
 
-  using Element = QuantizedElement;
+  using Element = QuantizedElement<typename Base::Element>;
   using Compute = typename Base::Element;
   using BasePolicy = Base;
   static constexpr ExpertShape shape = Base::shape;

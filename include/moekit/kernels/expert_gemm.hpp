@@ -22,6 +22,9 @@
 #include "moekit/config.hpp"
 #include "moekit/core/float16.hpp"
 #include "moekit/experts/concept.hpp"
+#include "moekit/experts/dequantize.hpp"
+#include "moekit/experts/quantized.hpp"
+#include "moekit/experts/quantized_weights.hpp"
 #include "moekit/kernels/kernel_config.hpp"
 
 MOEKIT_NAMESPACE_BEGIN
@@ -80,6 +83,25 @@ struct ExpertBias {
   std::int64_t expert_stride = 0;
 };
 
+// Quantized weights of one projection (experts/quantized_weights.hpp): codes dequantised to the
+// 16-bit compute type as they are loaded into shared memory, so the tensor cores see the same
+// operands as for dense weights.
+struct QuantizedMatrices {
+  experts::QuantizedWeights<MemorySpace::device> w;
+};
+
+// The weight operand and bias types of the GEMMs for an Expert's Element W and activations X.
+template <class W, class X>
+struct GemmOperands {
+  using Matrices = ExpertMatrices<X>;
+  using Bias = X;
+};
+template <class Compute, class X>
+struct GemmOperands<experts::QuantizedElement<Compute>, X> {
+  using Matrices = QuantizedMatrices;
+  using Bias = float;  // quantised layers keep their biases in fp32
+};
+
 template <class Cfg, int NumB, class T>
 struct GemmStorage {
   alignas(128) arch::SharedArray<T, std::size_t{Cfg::stages} * Cfg::block_m * Cfg::smem_row> a;
@@ -129,6 +151,50 @@ MOEKIT_DEVICE void load_slice(arch::SharedArray<T, N>& dst, std::size_t base, Ro
         }
         dst[at + static_cast<std::size_t>(i)] = v;
       }
+    }
+  }
+}
+
+// The dense operand: rows n0.. of expert e, through load_slice.
+template <class Cfg, int Rows, class T, std::size_t N>
+MOEKIT_DEVICE void load_weight_slice(arch::SharedArray<T, N>& dst, std::size_t base, ExpertMatrices<T> const& m, int e,
+                                     std::int64_t n0, std::int64_t rows, std::int64_t k0, std::int64_t cols,
+                                     bool vector) {
+  auto const row = [&](int r) -> T const* {
+    std::int64_t const n = n0 + r;
+    return n < rows ? m.data + e * m.expert_stride + n * m.row_stride : nullptr;
+  };
+  auto const one = [](int) { return 1.0f; };
+  load_slice<Cfg, Rows>(dst, base, row, one, k0, cols, vector, false, m.data);
+}
+
+// The quantised operand: each thread dequantises 8 codes of a row (one group's affine map: the
+// row length is a multiple of the group size, itself a multiple of 8) and stores them.
+template <class Cfg, int Rows, class T, std::size_t N>
+MOEKIT_DEVICE void load_weight_slice(arch::SharedArray<T, N>& dst, std::size_t base, QuantizedMatrices const& m, int e,
+                                     std::int64_t n0, std::int64_t rows, std::int64_t k0, std::int64_t cols,
+                                     bool /*vector*/) {
+  constexpr int chunks_per_row = Cfg::block_k / 8;
+  experts::QuantizedWeights<MemorySpace::device> const& w = m.w;
+  int const bits = w.bits[e];
+  for (int chunk = static_cast<int>(arch::thread_rank()); chunk < Rows * chunks_per_row; chunk += Cfg::threads) {
+    int const r = chunk / chunks_per_row;
+    int const c = (chunk % chunks_per_row) * 8;
+    std::size_t const at = base + static_cast<std::size_t>(r) * Cfg::smem_row + static_cast<std::size_t>(c);
+    std::int64_t const n = n0 + r;
+    std::int64_t const k = k0 + c;
+    T v[8];
+    if (n < rows && k < cols) {
+      experts::dequantize_run(w.row(e, n), bits, k, 8, w.row_scales(e, n), w.row_zeros(e, n), w.group, v);
+    } else {
+      MOEKIT_UNROLL
+      for (int i = 0; i < 8; ++i) {
+        v[i] = T(0.0f);
+      }
+    }
+    MOEKIT_UNROLL
+    for (int i = 0; i < 8; ++i) {
+      dst[at + static_cast<std::size_t>(i)] = v[i];
     }
   }
 }
@@ -240,9 +306,9 @@ struct UpParams {
   bool x_vector = false;     // x rows 16-byte aligned: cp.async
   bool scale_input = false;  // weight on the input (Llama-4): rows are w · x
   RowSource rows;
-  int computed = 0;            // experts >= computed (zero, identity) do no GEMM
-  ExpertMatrices<X> gate, up;  // [I, H] per expert
-  ExpertBias<X> gate_bias, up_bias;
+  int computed = 0;  // experts >= computed (zero, identity) do no GEMM
+  typename GemmOperands<typename Expert::Element, X>::Matrices gate, up;  // [I, H] per expert
+  ExpertBias<typename GemmOperands<typename Expert::Element, X>::Bias> gate_bias, up_bias;
   bool weights_vector = false;  // weight rows 16-byte aligned
   std::int64_t hidden = 0, inter = 0;
   X* h = nullptr;  // [rows, h_stride] out
@@ -266,7 +332,8 @@ MOEKIT_DEVICE void expert_up_phase(UpParams<Expert, X> const& p) {
     }
     std::int64_t const first_row = p.rows.first_row(tile, Cfg::block_m);
     detail::load_row_table(s, p.rows, first_row);
-    ExpertMatrices<X> const mats[2] = {gated ? p.gate : p.up, p.up};
+    using Matrices = typename GemmOperands<typename Expert::Element, X>::Matrices;
+    Matrices const mats[2] = {gated ? p.gate : p.up, p.up};
     auto const load_a = [&](std::int64_t k0, int stage) {
       auto const row = [&](int r) -> X const* {
         std::int64_t const t = s.row_token[static_cast<std::size_t>(r)];
@@ -277,19 +344,14 @@ MOEKIT_DEVICE void expert_up_phase(UpParams<Expert, X> const& p) {
                                             scale, k0, p.hidden, p.x_vector, p.scale_input, p.x);
     };
     auto const load_b = [&](int b, std::int64_t k0, int stage) {
-      ExpertMatrices<X> const& m = mats[b];
-      auto const row = [&](int r) -> X const* {
-        std::int64_t const n = n0 + r;
-        return n < p.inter ? m.data + e * m.expert_stride + n * m.row_stride : nullptr;
-      };
-      auto const one = [](int) { return 1.0f; };
       std::size_t const base =
           (static_cast<std::size_t>(b) * Cfg::stages + static_cast<std::size_t>(stage)) * Cfg::block_n * Cfg::smem_row;
-      detail::load_slice<Cfg, Cfg::block_n>(s.b, base, row, one, k0, p.hidden, p.weights_vector, false, m.data);
+      detail::load_weight_slice<Cfg, Cfg::block_n>(s.b, base, mats[b], e, n0, p.inter, k0, p.hidden, p.weights_vector);
     };
     float acc[NumB][Cfg::m_tiles][Cfg::n_tiles][4] = {};
     detail::mainloop<Cfg, NumB>(s, p.hidden, load_a, load_b, acc);
-    ExpertBias<X> const biases[2] = {gated ? p.gate_bias : p.up_bias, p.up_bias};
+    using Bias = ExpertBias<typename GemmOperands<typename Expert::Element, X>::Bias>;
+    Bias const biases[2] = {gated ? p.gate_bias : p.up_bias, p.up_bias};
     detail::for_each_fragment_element<Cfg>([&](int mt, int nt, int i, int r, int c) {
       std::int64_t const n = n0 + c;
       std::int64_t const row = first_row + r;
@@ -300,7 +362,7 @@ MOEKIT_DEVICE void expert_up_phase(UpParams<Expert, X> const& p) {
       MOEKIT_UNROLL
       for (int b = 0; b < 2; ++b) {
         int const bb = b < NumB ? b : 0;
-        ExpertBias<X> const& bias = biases[bb];
+        Bias const& bias = biases[bb];
         v[b] = acc[bb][mt][nt][i] + (bias.data != nullptr ? to_float(bias.data[e * bias.expert_stride + n]) : 0.0f);
       }
       float const hv = gated ? p.expert.hidden_unit(v[0], v[1]) : p.expert.hidden_unit(0.0f, v[0]);
@@ -314,22 +376,22 @@ MOEKIT_KERNEL void MOEKIT_LAUNCH_BOUNDS(Cfg::threads, 1) expert_up_kernel(UpPara
   expert_up_phase<Cfg>(p);
 }
 
-template <class X>
+template <class Expert, class X>
 struct DownParams {
   RowSource rows;
   bool weight_output = true;  // after_expert: multiply by the routing weight
   int computed = 0;
   X const* h = nullptr;  // [rows, h_stride], 16-byte aligned rows
   std::int64_t h_stride = 0;
-  ExpertMatrices<X> down;  // [H, I] per expert
-  ExpertBias<X> down_bias;
+  typename GemmOperands<typename Expert::Element, X>::Matrices down;  // [H, I] per expert
+  ExpertBias<typename GemmOperands<typename Expert::Element, X>::Bias> down_bias;
   bool weights_vector = false;
   std::int64_t hidden = 0, inter = 0;
   float* out = nullptr;  // [rows, hidden] fp32
 };
 
-template <class Cfg, class X>
-MOEKIT_DEVICE void expert_down_phase(DownParams<X> const& p) {
+template <class Cfg, class Expert, class X>
+MOEKIT_DEVICE void expert_down_phase(DownParams<Expert, X> const& p) {
   auto& s = arch::shared_storage<GemmStorage<Cfg, 1, X>>();
   std::int64_t const n_blocks = (p.hidden + Cfg::block_n - 1) / Cfg::block_n;
   std::int64_t const items = p.rows.tiles(Cfg::block_m) * n_blocks;
@@ -352,12 +414,8 @@ MOEKIT_DEVICE void expert_down_phase(DownParams<X> const& p) {
                                             one, k0, p.inter, true, false, p.h);
     };
     auto const load_b = [&](int, std::int64_t k0, int stage) {
-      auto const row = [&](int r) -> X const* {
-        std::int64_t const n = n0 + r;
-        return n < p.hidden ? p.down.data + e * p.down.expert_stride + n * p.down.row_stride : nullptr;
-      };
-      detail::load_slice<Cfg, Cfg::block_n>(s.b, static_cast<std::size_t>(stage) * Cfg::block_n * Cfg::smem_row, row,
-                                            one, k0, p.inter, p.weights_vector, false, p.down.data);
+      detail::load_weight_slice<Cfg, Cfg::block_n>(s.b, static_cast<std::size_t>(stage) * Cfg::block_n * Cfg::smem_row,
+                                                   p.down, e, n0, p.hidden, k0, p.inter, p.weights_vector);
     };
     float acc[1][Cfg::m_tiles][Cfg::n_tiles][4] = {};
     detail::mainloop<Cfg, 1>(s, p.inter, load_a, load_b, acc);
@@ -379,8 +437,8 @@ MOEKIT_DEVICE void expert_down_phase(DownParams<X> const& p) {
   }
 }
 
-template <class Cfg, class X>
-MOEKIT_KERNEL void MOEKIT_LAUNCH_BOUNDS(Cfg::threads, 1) expert_down_kernel(DownParams<X> p) {
+template <class Cfg, class Expert, class X>
+MOEKIT_KERNEL void MOEKIT_LAUNCH_BOUNDS(Cfg::threads, 1) expert_down_kernel(DownParams<Expert, X> p) {
   expert_down_phase<Cfg>(p);
 }
 

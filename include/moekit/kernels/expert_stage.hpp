@@ -23,6 +23,7 @@
 #include "moekit/core/workspace.hpp"
 #include "moekit/experts/concept.hpp"
 #include "moekit/experts/expert_args.hpp"
+#include "moekit/experts/quantized.hpp"
 #include "moekit/kernels/combine.hpp"
 #include "moekit/kernels/expert_gemm.hpp"
 #include "moekit/kernels/kernel_config.hpp"
@@ -98,6 +99,12 @@ template <class T>
 [[nodiscard]] ExpertBias<T> bias(DeviceTensor<T const, 2> const& v) noexcept {
   return {v.data, v.stride(0)};
 }
+[[nodiscard]] inline QuantizedMatrices matrices(experts::QuantizedWeights<MemorySpace::device> const& w) noexcept {
+  return {w};
+}
+[[nodiscard]] inline bool rows_16_byte_aligned(experts::QuantizedWeights<MemorySpace::device> const&) noexcept {
+  return false;  // (dequantised through registers)
+}
 
 [[nodiscard]] inline unsigned grid_for(std::int64_t items, LaunchOptions const& o) noexcept {
   std::int64_t g = items < 1 ? 1 : (items > 65535 ? 65535 : items);
@@ -109,14 +116,34 @@ template <class T>
 
 }  // namespace detail
 
+// A policy's dense form: itself, or a Quantized<Base>'s Base (what its dense shared expert runs).
+template <class E>
+struct DensePolicyOf {
+  using type = E;
+  static E const& of(E const& e) noexcept { return e; }
+};
+template <class Base>
+struct DensePolicyOf<experts::Quantized<Base>> {
+  using type = Base;
+  static Base const& of(experts::Quantized<Base> const& e) noexcept { return e.base; }
+};
+template <class E>
+using DensePolicy = typename DensePolicyOf<E>::type;
+template <class E>
+[[nodiscard]] DensePolicy<E> const& dense_policy(E const& e) noexcept {
+  return DensePolicyOf<E>::of(e);
+}
+
 // The parameters of every GEMM and of the combine, shared by the multi-launch path and the
 // fused kernel (kernels/fused_layer.hpp).
 template <class E, class X, class Y>
 struct StageParams {
   bool routed = false;  // any computed experts
   bool shared = false;  // a shared expert
-  UpParams<E, X> up, shared_up;
-  DownParams<X> down, shared_down;
+  UpParams<E, X> up;
+  DownParams<E, X> down;
+  UpParams<DensePolicy<E>, X> shared_up;  // the shared expert is dense (in a quantised layer too)
+  DownParams<DensePolicy<E>, X> shared_down;
   CombineParams<X, Y> combine;
 };
 
@@ -125,41 +152,42 @@ template <class Cfg, experts::Expert E, class X, class Y>
 stage_params(E const& expert, experts::ExpertProblem const& p,
              experts::ExpertArgs<X, typename E::Element, Y, MemorySpace::device> const& a,
              detail::StageBuffers<X> const& b) {
-  using W = typename E::Element;
   constexpr bool gated = E::shape == experts::ExpertShape::gated;
   bool const x_vector = reinterpret_cast<std::uintptr_t>(a.x.data) % 16 == 0 && a.x.stride(0) * sizeof(X) % 16 == 0;
-  auto const mlp = [&](RowSource const& rows, experts::MlpWeights<W, MemorySpace::device> const& w, int computed,
-                       std::int64_t inter, X* h, float* out, bool scale_input, bool weight_output, UpParams<E, X>& up,
-                       DownParams<X>& down) {
+  // (w: the routed experts' weights, dense or quantised, or the shared expert's, dense.)
+  auto const mlp = [&](auto const& policy, RowSource const& rows, auto const& w, int computed, std::int64_t inter, X* h,
+                       float* out, bool scale_input, bool weight_output, auto& up, auto& down) {
+    using Up = std::remove_cvref_t<decltype(up)>;
+    using Down = std::remove_cvref_t<decltype(down)>;
     bool const w_vector = (!gated || detail::rows_16_byte_aligned(w.gate)) && detail::rows_16_byte_aligned(w.up) &&
                           detail::rows_16_byte_aligned(w.down);
-    up = UpParams<E, X>{expert,
-                        a.x.data,
-                        a.x.stride(0),
-                        x_vector,
-                        scale_input,
-                        rows,
-                        computed,
-                        gated ? detail::matrices(w.gate) : ExpertMatrices<X>{},
-                        detail::matrices(w.up),
-                        gated ? detail::bias(w.gate_bias) : ExpertBias<X>{},
-                        detail::bias(w.up_bias),
-                        w_vector,
-                        p.hidden,
-                        inter,
-                        h,
-                        detail::padded_row(inter)};
-    down = DownParams<X>{rows,
-                         weight_output,
-                         computed,
-                         h,
-                         detail::padded_row(inter),
-                         detail::matrices(w.down),
-                         detail::bias(w.down_bias),
-                         w_vector,
-                         p.hidden,
-                         inter,
-                         out};
+    up = Up{policy,
+            a.x.data,
+            a.x.stride(0),
+            x_vector,
+            scale_input,
+            rows,
+            computed,
+            gated ? detail::matrices(w.gate) : decltype(detail::matrices(w.gate)){},
+            detail::matrices(w.up),
+            gated ? detail::bias(w.gate_bias) : decltype(detail::bias(w.gate_bias)){},
+            detail::bias(w.up_bias),
+            w_vector,
+            p.hidden,
+            inter,
+            h,
+            detail::padded_row(inter)};
+    down = Down{rows,
+                weight_output,
+                computed,
+                h,
+                detail::padded_row(inter),
+                detail::matrices(w.down),
+                detail::bias(w.down_bias),
+                w_vector,
+                p.hidden,
+                inter,
+                out};
   };
   StageParams<E, X, Y> sp;
   bool const on_input = p.position == experts::WeightPosition::on_input;
@@ -168,13 +196,14 @@ stage_params(E const& expert, experts::ExpertProblem const& p,
     RowSource const routed_rows{b.plan.row_assignment, b.plan.tile_expert, b.plan.tile_row,
                                 b.plan.num_tiles,      p.tokens,           p.slots,
                                 a.weights.data,        a.weights.stride(0)};
-    mlp(routed_rows, a.experts, p.table.computed, p.intermediate, b.h, b.routed, on_input, !on_input, sp.up, sp.down);
+    mlp(expert, routed_rows, a.experts, p.table.computed, p.intermediate, b.h, b.routed, on_input, !on_input, sp.up,
+        sp.down);
   }
   sp.shared = p.shared_intermediate > 0;
   if (sp.shared) {
     RowSource const all_tokens{nullptr, nullptr, nullptr, nullptr, p.tokens, p.slots, nullptr, 0};
-    mlp(all_tokens, a.shared.weights, 1, p.shared_intermediate, b.shared_h, b.shared, false, false, sp.shared_up,
-        sp.shared_down);
+    mlp(dense_policy(expert), all_tokens, a.shared.weights, 1, p.shared_intermediate, b.shared_h, b.shared, false,
+        false, sp.shared_up, sp.shared_down);
   }
   sp.combine = CombineParams<X, Y>{p.table,
                                    p.tokens,
@@ -198,7 +227,7 @@ stage_params(E const& expert, experts::ExpertProblem const& p,
 // What this kernel configuration can run, with the reason when it cannot.
 template <class Cfg, experts::Expert E, class X, class Y>
 [[nodiscard]] Status can_implement(E const& expert, experts::ExpertProblem const& p) {
-  using W = typename E::Element;
+  using W = typename experts::WeightsOf<typename E::Element, MemorySpace::device>::dense;
   if constexpr (!std::is_same_v<W, bf16_t> && !std::is_same_v<W, fp16_t>) {
     return error(Status::unsupported_config,
                  "device experts: weights of type %s need the CPU executor (the tensor-core GEMMs take bf16 or fp16; "
@@ -270,17 +299,18 @@ template <class Cfg, experts::Expert E, class X, class Y>
   StageParams<E, X, Y> const sp = stage_params<Cfg>(expert, p, a, b);
   constexpr std::size_t smem_up = sizeof(GemmStorage < Cfg, E::shape == experts::ExpertShape::gated ? 2 : 1, X >);
   constexpr std::size_t smem_down = sizeof(GemmStorage<Cfg, 1, X>);
-  auto const run_mlp = [&](UpParams<E, X> const& up, DownParams<X> const& down, std::int64_t tiles) -> Status {
+  auto const run_mlp = [&](auto const& up, auto const& down, std::int64_t tiles) -> Status {
+    using P = decltype(up.expert);
     std::int64_t const up_items = tiles * ((up.inter + Cfg::block_n - 1) / Cfg::block_n);
     arch::KernelLaunch const up_launch{
         .grid = detail::grid_for(up_items, options), .block = Cfg::threads, .dynamic_shared_bytes = smem_up};
-    if (Status s = arch::launch(expert_up_kernel<Cfg, E, X>, up_launch, stream, up); !s) {
+    if (Status s = arch::launch(expert_up_kernel<Cfg, P, X>, up_launch, stream, up); !s) {
       return s;
     }
     std::int64_t const down_items = tiles * ((down.hidden + Cfg::block_n - 1) / Cfg::block_n);
     arch::KernelLaunch const down_launch{
         .grid = detail::grid_for(down_items, options), .block = Cfg::threads, .dynamic_shared_bytes = smem_down};
-    return arch::launch(expert_down_kernel<Cfg, X>, down_launch, stream, down);
+    return arch::launch(expert_down_kernel<Cfg, P, X>, down_launch, stream, down);
   };
   if (sp.routed) {
     if (Status s = run_mlp(sp.up, sp.down, plan::max_tiles(pp)); !s) {

@@ -88,7 +88,7 @@ MOEKIT_KERNEL void MOEKIT_LAUNCH_BOUNDS(Cfg::threads, 1) fused_layer_kernel(Fuse
     expert_up_phase<Cfg>(p.stage.up);
   }
   if (p.stage.shared) {
-    expert_up_phase<Cfg>(p.stage.shared_up);
+    expert_up_phase<Cfg>(p.stage.shared_up);  // (the dense form of the policy)
   }
   arch::grid_sync();
   if (p.stage.routed) {

@@ -23,6 +23,7 @@
 // argument checks (y is empty; no plan, nothing counted). NaN in x propagates (no value check).
 
 #include <algorithm>
+#include <concepts>
 #include <cstddef>
 #include <cstdint>
 

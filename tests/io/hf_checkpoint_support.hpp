@@ -13,7 +13,9 @@
 // groups, top-2 groups, 1 shared expert, ρ 2.5, first_k_dense_replace 1 (3 layers, 1 and 2 MoE);
 // deepseek_v3_fp8 the same with F8_E4M3 expert/shared weights and F32 weight_scale_inv in 8 × 16
 // blocks (quantization_config.weight_block_size; H = 24 leaves a partial column block);
-// gpt_oss H = I = 32 E 4 K 2, swiglu_limit 1 (so the clamp acts), bf16 fused [in,out] or MXFP4.
+// gpt_oss H = I = 32 E 4 K 2, swiglu_limit 1 (so the clamp acts), bf16 fused [in,out] or MXFP4;
+// llama4 (text_config, language_model. prefix) E 8 K 1, fused [in,out] experts, shared expert,
+// interleave_moe_layer_step 2 (layer 1 MoE), weight on the expert input.
 
 #include <cmath>
 #include <cstdint>
@@ -43,8 +45,9 @@ namespace moekit::test_hf {
 namespace fs = std::filesystem;
 
 // Every family the loader maps, in the order the tests run them.
-inline std::vector<std::string> const families = {"mixtral",     "qwen2_moe",       "qwen3_moe", "olmoe",
-                                                  "deepseek_v3", "deepseek_v3_fp8", "gpt_oss",   "gpt_oss_mxfp4"};
+inline std::vector<std::string> const families = {"mixtral", "qwen2_moe",     "qwen3_moe",
+                                                  "olmoe",   "deepseek_v3",   "deepseek_v3_fp8",
+                                                  "gpt_oss", "gpt_oss_mxfp4", "llama4"};
 
 // A fresh folder below `root`, removed with everything in it at the end of the scope.
 struct TempDir {
@@ -96,6 +99,9 @@ struct Checkpoint {
 
   [[nodiscard]] RawTensor const& t(std::string const& name) const { return tensors.at(name); }
   [[nodiscard]] std::string prefix(int l) const {
+    if (model_type == "llama4") {
+      return "language_model.model.layers." + std::to_string(l) + ".feed_forward.";
+    }
     return "model.layers." + std::to_string(l) + "." + (model_type == "mixtral" ? "block_sparse_moe." : "mlp.");
   }
 };
@@ -240,6 +246,15 @@ inline bool write_checkpoint(fs::path const& dir, std::string const& family, Che
                                   {"activation_scheme", "dynamic"},
                                   {"weight_block_size", {c.block_rows, c.block_cols}}};
     }
+  } else if (c.model_type == "llama4") {
+    c.k = 1;
+    c.shared_intermediate = 16;
+    c.dense_layer = 0;
+    j["num_experts_per_tok"] = 1;
+    j["num_local_experts"] = 8;
+    j["intermediate_size"] = 16;
+    j["intermediate_size_mlp"] = 40;
+    j["interleave_moe_layer_step"] = 2;
   } else if (c.model_type == "gpt_oss") {
     c.hidden = 32;
     c.intermediate = 32;
@@ -257,7 +272,8 @@ inline bool write_checkpoint(fs::path const& dir, std::string const& family, Che
   for (int l = 0; l < c.layers; ++l) {
     std::string const p = c.prefix(l);
     if (l == c.dense_layer) {  // a dense SwiGLU MLP, which the loader must refuse to read as MoE
-      std::int64_t const Id = j["intermediate_size"].get<std::int64_t>();
+      std::int64_t const Id =
+          j[c.model_type == "llama4" ? "intermediate_size_mlp" : "intermediate_size"].get<std::int64_t>();
       w.floats(p + "gate_proj.weight", {Id, H}, wscale);
       w.floats(p + "up_proj.weight", {Id, H}, wscale);
       w.floats(p + "down_proj.weight", {H, Id}, wscale);
@@ -281,6 +297,15 @@ inline bool write_checkpoint(fs::path const& dir, std::string const& family, Che
       w.floats(x + "down_proj_bias", {E, H}, 0.2f);
       continue;
     }
+    if (c.model_type == "llama4") {
+      w.floats(p + "router.weight", {E, H}, 0.5f);
+      w.floats(p + "experts.gate_up_proj", {E, H, 2 * I}, wscale);
+      w.floats(p + "experts.down_proj", {E, I, H}, wscale);
+      w.floats(p + "shared_expert.gate_proj.weight", {I, H}, wscale);
+      w.floats(p + "shared_expert.up_proj.weight", {I, H}, wscale);
+      w.floats(p + "shared_expert.down_proj.weight", {H, I}, wscale);
+      continue;
+    }
     w.floats(p + "gate.weight", {E, H}, 0.5f);
     if (c.model_type == "deepseek_v3") {  // F32 as released; biases of both signs
       w.floats_as(p + "gate.e_score_correction_bias", {E}, 0.2f, 0.f, io::SafetensorsDtype::f32);
@@ -301,7 +326,7 @@ inline bool write_checkpoint(fs::path const& dir, std::string const& family, Che
     }
     if (c.shared_intermediate > 0) {
       std::int64_t const Is = c.shared_intermediate;
-      std::string const x = p + (c.model_type == "qwen2_moe" ? "shared_expert." : "shared_experts.");
+      std::string const x = p + (c.model_type == "deepseek_v3" ? "shared_experts." : "shared_expert.");
       matrix(x + "gate_proj.weight", Is, H);
       matrix(x + "up_proj.weight", Is, H);
       matrix(x + "down_proj.weight", H, Is);
@@ -309,6 +334,11 @@ inline bool write_checkpoint(fs::path const& dir, std::string const& family, Che
         w.floats(p + "shared_expert_gate.weight", {1, H}, 0.5f);
       }
     }
+  }
+  if (c.model_type == "llama4") {  // a multimodal config: the text model's keys under text_config
+    nlohmann::json text = j;
+    text["model_type"] = "llama4_text";
+    j = {{"model_type", "llama4"}, {"architectures", {"Llama4ForConditionalGeneration"}}, {"text_config", text}};
   }
   fs::create_directories(dir);
   c.config_path = dir / "config.json";
@@ -353,15 +383,22 @@ struct RawMatrix {
 // W_gate[m, h], W_up[m, h] ([I, H]), W_down[h, m] ([H, I]) and biases of routed expert e.
 struct RawExpert {
   std::int64_t e;
-  bool gpt_oss, mxfp4;
+  std::int64_t inter;
+  bool gpt_oss, mxfp4, llama4;
   // Per-expert [out, in] matrices (null for gpt-oss), or gpt-oss's fused tensors of the layer.
   RawMatrix w_gate, w_up, w_down;
   RawTensor const *gate_up_t = nullptr, *down_t = nullptr, *gu_blocks = nullptr, *gu_scales = nullptr,
                   *down_blocks = nullptr, *down_scales = nullptr, *gu_bias = nullptr, *d_bias = nullptr;
 
   RawExpert(Checkpoint const& c, std::int64_t expert)
-      : e(expert), gpt_oss(c.model_type == "gpt_oss"), mxfp4(c.family == "gpt_oss_mxfp4") {
+      : e(expert), inter(c.intermediate), gpt_oss(c.model_type == "gpt_oss"), mxfp4(c.family == "gpt_oss_mxfp4"),
+        llama4(c.model_type == "llama4") {
     std::string const x = c.prefix(c.layer) + "experts.";
+    if (llama4) {
+      gate_up_t = &c.t(x + "gate_up_proj");
+      down_t = &c.t(x + "down_proj");
+      return;
+    }
     if (!gpt_oss) {
       bool const mixtral = c.model_type == "mixtral";
       std::string const p = x + std::to_string(e) + ".";
@@ -390,13 +427,17 @@ struct RawExpert {
     }
     return gate_up_t->at({e, h, col});  // [E, H, 2I]: [in, out]
   }
+  // Llama-4: gate_up [E, H, 2I] ([in, out]; gate columns 0..I-1, up I..2I-1), down [E, I, H].
   [[nodiscard]] double gate(std::int64_t m, std::int64_t h) const {
-    return gpt_oss ? gate_up(2 * m, h) : w_gate.at(m, h);
+    return llama4 ? gate_up_t->at({e, h, m}) : gpt_oss ? gate_up(2 * m, h) : w_gate.at(m, h);
   }
   [[nodiscard]] double up(std::int64_t m, std::int64_t h) const {
-    return gpt_oss ? gate_up(2 * m + 1, h) : w_up.at(m, h);
+    return llama4 ? gate_up_t->at({e, h, inter + m}) : gpt_oss ? gate_up(2 * m + 1, h) : w_up.at(m, h);
   }
   [[nodiscard]] double down(std::int64_t h, std::int64_t m) const {
+    if (llama4) {
+      return down_t->at({e, m, h});
+    }
     if (!gpt_oss) {
       return w_down.at(h, m);
     }
@@ -416,7 +457,7 @@ struct RawShared {
   RawTensor const* gate_weight = nullptr;
 
   explicit RawShared(Checkpoint const& c) {
-    std::string const p = c.prefix(c.layer) + (c.model_type == "qwen2_moe" ? "shared_expert." : "shared_experts.");
+    std::string const p = c.prefix(c.layer) + (c.model_type == "deepseek_v3" ? "shared_experts." : "shared_expert.");
     w_gate = RawMatrix(c, p + "gate_proj.weight");
     w_up = RawMatrix(c, p + "up_proj.weight");
     w_down = RawMatrix(c, p + "down_proj.weight");
@@ -432,7 +473,7 @@ struct RawShared {
 };
 
 [[nodiscard]] inline std::string router_name(Checkpoint const& c) {
-  return c.prefix(c.layer) + (c.model_type == "gpt_oss" ? "router.weight" : "gate.weight");
+  return c.prefix(c.layer) + (c.model_type == "gpt_oss" || c.model_type == "llama4" ? "router.weight" : "gate.weight");
 }
 
 // Random activations x [T, H] in (-1, 1).
@@ -518,12 +559,14 @@ Status reference_block(io::MoeBlock<W> const& b, std::vector<float> const& x, Bl
     shared.gate = sw.gate;
   }
   out.y.assign(static_cast<std::size_t>(T * H), 0.f);
-  return host::reference_moe_combine<float, W>(HostTensor<float const, 2>::row_major(x.data(), {T, H}),
-                                               HostTensor<int const, 2>::row_major(out.ids.data(), {T, K}),
-                                               HostTensor<float const, 2>::row_major(out.weights.data(), {T, K}),
-                                               std::span<host::ExpertWeights<W> const>(ew), fn,
-                                               host::WeightPosition::after_expert, sw.present() ? &shared : nullptr,
-                                               HostTensor<float, 2>::row_major(out.y.data(), {T, H}));
+  return host::reference_moe_combine<float, W>(
+      HostTensor<float const, 2>::row_major(x.data(), {T, H}),
+      HostTensor<int const, 2>::row_major(out.ids.data(), {T, K}),
+      HostTensor<float const, 2>::row_major(out.weights.data(), {T, K}), std::span<host::ExpertWeights<W> const>(ew),
+      fn,
+      b.position == experts::WeightPosition::on_input ? host::WeightPosition::on_input
+                                                      : host::WeightPosition::after_expert,
+      sw.present() ? &shared : nullptr, HostTensor<float, 2>::row_major(out.y.data(), {T, H}));
 }
 
 }  // namespace moekit::test_hf

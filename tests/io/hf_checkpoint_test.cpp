@@ -55,7 +55,8 @@ void check_views(Checkpoint const& c, io::MoeBlock<W> const& b) {
   REQUIRE(b.hidden == H);
   REQUIRE(b.intermediate == I);
   REQUIRE(b.shared_intermediate == c.shared_intermediate);
-  CHECK(b.position == experts::WeightPosition::after_expert);
+  CHECK(b.position ==
+        (c.model_type == "llama4" ? experts::WeightPosition::on_input : experts::WeightPosition::after_expert));
   CHECK(b.function ==
         (c.model_type == "gpt_oss" ? io::HfExpertFunction::clamped_swiglu : io::HfExpertFunction::swiglu));
   experts::MlpWeights<W, MemorySpace::host> const w = b.expert_weights();
@@ -162,14 +163,14 @@ std::vector<int> top(std::vector<double> const& key, int k) {
 
 // SwiGLU (or gpt-oss's clamped SwiGLU with limit 1, α 1.702) of one expert on x, in double.
 template <class Raw>
-std::vector<double> expert(Raw const& raw, Checkpoint const& c, std::int64_t inter, float const* x) {
+std::vector<double> expert(Raw const& raw, Checkpoint const& c, std::int64_t inter, std::vector<double> const& x) {
   std::int64_t const H = c.hidden;
   std::vector<double> h(static_cast<std::size_t>(inter)), o(static_cast<std::size_t>(H));
   for (std::int64_t m = 0; m < inter; ++m) {
     double g = raw.gate_bias(m), u = raw.up_bias(m);
     for (std::int64_t i = 0; i < H; ++i) {
-      g += raw.gate(m, i) * double(x[i]);
-      u += raw.up(m, i) * double(x[i]);
+      g += raw.gate(m, i) * x[static_cast<std::size_t>(i)];
+      u += raw.up(m, i) * x[static_cast<std::size_t>(i)];
     }
     if (c.model_type == "gpt_oss") {
       double const limit = 1.0, alpha = 1.702;
@@ -215,6 +216,7 @@ Independent independent_block(Checkpoint const& c, std::vector<float> const& x) 
   out.tolerance.assign(x.size(), 0.0);
   for (std::int64_t t = 0; t < T; ++t) {
     float const* xt = x.data() + t * H;
+    std::vector<double> const xd(xt, xt + H);
     std::vector<double> z(static_cast<std::size_t>(E));
     double zmax = 0;
     for (std::int64_t e = 0; e < E; ++e) {
@@ -253,6 +255,11 @@ Independent independent_block(Checkpoint const& c, std::vector<float> const& x) 
       for (int e : ids) {
         w.push_back(2.5 * s[static_cast<std::size_t>(e)] / sum);
       }
+    } else if (c.model_type == "llama4") {  // top-K of the logits, weight σ(z) (§1.6)
+      ids = top(z, K);
+      for (int e : ids) {
+        w.push_back(sigmoid(z[static_cast<std::size_t>(e)]));
+      }
     } else {  // softmax, top-K; renormalised for mixtral, qwen3 (config) and gpt-oss (softmax of the K)
       ids = top(z, K);
       double const m = z[static_cast<std::size_t>(ids[0])];
@@ -270,18 +277,24 @@ Independent independent_block(Checkpoint const& c, std::vector<float> const& x) 
     }
     out.ids.insert(out.ids.end(), ids.begin(), ids.end());
     std::vector<double> magnitude(static_cast<std::size_t>(H), 0.0);
+    bool const on_input = c.model_type == "llama4";  // y += E(w·x) instead of w·E(x)
     for (int j = 0; j < K; ++j) {
+      double const wj = w[static_cast<std::size_t>(j)];
+      std::vector<double> xs = xd;
+      for (double& v : xs) {
+        v *= on_input ? wj : 1.0;
+      }
       std::vector<double> const o =
-          expert(test_hf::RawExpert{c, ids[static_cast<std::size_t>(j)]}, c, c.intermediate, xt);
+          expert(test_hf::RawExpert{c, ids[static_cast<std::size_t>(j)]}, c, c.intermediate, xs);
       for (std::int64_t h = 0; h < H; ++h) {
-        out.y[static_cast<std::size_t>(t * H + h)] += w[static_cast<std::size_t>(j)] * o[static_cast<std::size_t>(h)];
-        magnitude[static_cast<std::size_t>(h)] +=
-            std::fabs(w[static_cast<std::size_t>(j)] * o[static_cast<std::size_t>(h)]);
+        double const term = (on_input ? 1.0 : wj) * o[static_cast<std::size_t>(h)];
+        out.y[static_cast<std::size_t>(t * H + h)] += term;
+        magnitude[static_cast<std::size_t>(h)] += std::fabs(term);
       }
     }
     if (c.shared_intermediate > 0) {
       SharedAsExpert const shared{test_hf::RawShared{c}};
-      std::vector<double> const o = expert(shared, c, c.shared_intermediate, xt);
+      std::vector<double> const o = expert(shared, c, c.shared_intermediate, xd);
       double gate = 1.0;
       if (shared.raw.has_gate_vector()) {
         double a = 0;
@@ -298,10 +311,13 @@ Independent independent_block(Checkpoint const& c, std::vector<float> const& x) 
     // softmax or sigmoid weight by at most 2·max|z|·2^-24 relative, the renormalisation doubles
     // that; the weights and y are rounded to fp32 once more (2^-24 each). Everything else runs in
     // double on both sides. So |Δy| <= (4·max|z| + 2)·2^-24·Σ_j|w_j o_j| + 2^-24·|y|; twice that.
+    // With the weight on the input (Llama-4) a relative change δ of w changes E(w·x) by at most
+    // 2δ|E(w·x)| (SwiGLU grows at most quadratically with its input's scale): degree 2.
+    double const degree = on_input ? 2.0 : 1.0;
     for (std::int64_t h = 0; h < H; ++h) {
       std::size_t const i = static_cast<std::size_t>(t * H + h);
-      out.tolerance[i] =
-          2.0 * ((4.0 * zmax + 2.0) * 0x1p-24 * magnitude[static_cast<std::size_t>(h)] + 0x1p-24 * std::fabs(out.y[i]));
+      out.tolerance[i] = 2.0 * ((4.0 * zmax + 2.0) * degree * 0x1p-24 * magnitude[static_cast<std::size_t>(h)] +
+                                0x1p-24 * std::fabs(out.y[i]));
     }
   }
   return out;
@@ -391,11 +407,11 @@ TEST_CASE("hf_checkpoint: every family's views equal its on-disk tensors, and it
       REQUIRE(test_hf::write_checkpoint(tmp.dir, family, c, 11));
       io::MoeBlock<float> const f = load_ok<float>(c, c.layer);
       io::MoeBlock<bf16_t> const b = load_ok<bf16_t>(c, c.layer);
-      CHECK(f.router.model_type == c.model_type);
+      CHECK(f.router.model_type == (family == "llama4" ? "llama4_text" : c.model_type));  // text_config's
       CHECK(f.router.num_experts == c.experts);
-      CHECK(f.storage == (family == "gpt_oss_mxfp4" ? io::HfExpertStorage::mxfp4
-                          : family == "gpt_oss"     ? io::HfExpertStorage::fused_transposed
-                                                    : io::HfExpertStorage::per_expert));
+      CHECK(f.storage == (family == "gpt_oss_mxfp4"                   ? io::HfExpertStorage::mxfp4
+                          : family == "gpt_oss" || family == "llama4" ? io::HfExpertStorage::fused_transposed
+                                                                      : io::HfExpertStorage::per_expert));
       check_views(c, f);
       check_views(c, b);
       check_block(c, f);
@@ -528,8 +544,11 @@ TEST_CASE("hf_checkpoint: errors name the file, the tensor or key, and leave the
   }
   SECTION("unknown family and missing config key") {
     REQUIRE(test_hf::write_checkpoint(tmp.dir, "mixtral", c));
-    rewrite_config(c, [](auto& j) { j["model_type"] = "llama4"; });
-    CHECK_THAT(load_error(c, 0), Catch::Contains("model_type 'llama4' has no checkpoint mapping"));
+    rewrite_config(c, [](auto& j) {
+      j["model_type"] = "grok";
+      j["scoring_func"] = "softmax";
+    });
+    CHECK_THAT(load_error(c, 0), Catch::Contains("model_type 'grok' has no checkpoint mapping"));
     rewrite_config(c, [](auto& j) { j.erase("hidden_size"); });
     CHECK_THAT(load_error(c, 0), Catch::Contains("missing key 'hidden_size'"));
   }

@@ -71,6 +71,7 @@ std::vector<double> fp32_bound(io::MoeBlock<float> const& b, std::vector<float> 
   experts::MlpWeights<float, MemorySpace::host> const mw = b.expert_weights();
   experts::SharedExpertWeights<float, MemorySpace::host> const sw = b.shared_weights();
   bool const clamped = b.function == io::HfExpertFunction::clamped_swiglu;
+  bool const on_input = b.position == experts::WeightPosition::on_input;
   auto sig = [](double a) { return 1.0 / (1.0 + std::exp(-a)); };
   std::vector<double> bound(x.size(), 0.0);
   // One expert (gate/up/down views at index e) on token t: o and δo.
@@ -134,6 +135,19 @@ std::vector<double> fp32_bound(io::MoeBlock<float> const& b, std::vector<float> 
       std::int64_t const e = ids[static_cast<std::size_t>(t * K + j)];
       double const w = double(weights[static_cast<std::size_t>(t * K + j)]);
       double const dw = std::fabs(w) * (4 * dz + 2 * u);
+      if (on_input) {  // y += E(w·x): the expert's own error, and 2δw/w·|E| (SwiGLU is at most quadratic in scale)
+        std::vector<float> xs(xt, xt + H);
+        for (float& v : xs) {
+          v = static_cast<float>(w * double(v));
+        }
+        expert(mw, e, b.intermediate, xs.data(), o, dout);
+        for (std::int64_t i = 0; i < H; ++i) {
+          bound[static_cast<std::size_t>(t * H + i)] +=
+              dout[static_cast<std::size_t>(i)] + 2 * (dw / std::fabs(w)) * std::fabs(o[static_cast<std::size_t>(i)]);
+          magnitude[static_cast<std::size_t>(i)] += std::fabs(o[static_cast<std::size_t>(i)]);
+        }
+        continue;
+      }
       expert(mw, e, b.intermediate, xt, o, dout);
       for (std::int64_t i = 0; i < H; ++i) {
         bound[static_cast<std::size_t>(t * H + i)] +=

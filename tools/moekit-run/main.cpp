@@ -1,5 +1,5 @@
 // moekit-run: run one layer's MoE block of a Hugging Face checkpoint on the CPU.
-// Reads config.json + model.safetensors (io/hf_checkpoint.hpp: Mixtral, Qwen2/3-MoE, OLMoE,
+// Reads config.json + model.safetensors (io/hf_checkpoint.hpp: Mixtral, Qwen2/3-MoE, OLMoE, Llama-4,
 // DeepSeek-V2/V3, gpt-oss in bf16/fp32 or MXFP4), x.npy [T, H], and writes y.npy [T, H] (float32).
 // docs/moekit-run.md documents the flags, the families, the layouts and the errors.
 //
@@ -106,8 +106,9 @@ void print_help() {
   std::printf("usage: %s --config config.json --weights model.safetensors --layer N --input x.npy --output y.npy\n"
               "                  [--router-out ids.npy] [--threads N]\n\n"
               "Runs layer N's MoE block (gate projection, routing, experts, combine) on the CPU in fp32 and writes\n"
-              "y. Families: mixtral, qwen2_moe, qwen3_moe, olmoe, deepseek_v2, deepseek_v3 (bf16/fp32 weights),\n"
-              "gpt_oss (bf16/fp32 or MXFP4). Outputs are written only when everything succeeded.\n\nflags:\n",
+              "y. Families: mixtral, qwen2_moe, qwen3_moe, olmoe, deepseek_v2, deepseek_v3 (bf16/fp32, or FP8\n"
+              "block-scaled), gpt_oss (bf16/fp32 or MXFP4), llama4. Outputs are written only when everything\n"
+              "succeeded.\n\nflags:\n",
               tool_name);
   for (Flag const& f : flags) {
     std::string head = f.name;

@@ -27,12 +27,18 @@
 //                [E,H,I/32] ([out,in]; rows of gate_up interleaved), decoded with the §1.10 LUT. The
 //                plain form is read when gate_up_proj is present. Expert function: clamped SwiGLU,
 //                α = swiglu_alpha (absent: 1.702), limit = swiglu_limit (absent: 7).
-// Every family weights the expert output after the down projection (after_expert, §1.9.2).
+//   llama4, llama4_text   [language_model.]model.layers.{layer}.feed_forward.router.weight [E,H];
+//                .feed_forward.experts.gate_up_proj [E,H,2I] ([in,out]; columns 0..I-1 gate,
+//                I..2I-1 up) and .down_proj [E,I,H], transposed here; shared expert
+//                .feed_forward.shared_expert.{gate,up,down}_proj.weight of I = intermediate_size.
+//                MoE layers: moe_layers when given, else (layer+1) % interleave_moe_layer_step == 0.
+// Every family weights the expert output after the down projection (after_expert, §1.9.2),
+// except Llama-4, which weights the expert input (on_input, §1.6).
 //
 // The weights: one .safetensors file holding the layer, or a sharded checkpoint's
 // model.safetensors.index.json, whose shards the layer's tensors are gathered from.
 //
-// Which layers are MoE: mixtral, olmoe, gpt_oss every layer; qwen2/3: layer ∉ mlp_only_layers and
+// Which layers are MoE: mixtral, olmoe, gpt_oss every layer; llama4 above; qwen2/3: layer ∉ mlp_only_layers and
 // (layer+1) % decoder_sparse_step == 0; deepseek: layer >= first_k_dense_replace and layer %
 // moe_layer_freq == 0 (§1.4.4, §1.10). A dense layer, or one outside [0, num_hidden_layers), is an
 // error naming the layer and the key that decides it.
@@ -327,8 +333,8 @@ struct HfFamily {
   char const* gate_name;         // per-expert projection names
   char const* up_name;
   char const* down_name;
-  enum class Placement { every, qwen, deepseek } placement;
-  enum class Shared { none, qwen2, deepseek } shared;
+  enum class Placement { every, qwen, deepseek, llama4 } placement;
+  enum class Shared { none, qwen2, deepseek, llama4 } shared;
 };
 
 inline constexpr HfFamily hf_families[] = {
@@ -345,6 +351,10 @@ inline constexpr HfFamily hf_families[] = {
     {"deepseek_v3", "mlp", "gate", "moe_intermediate_size", "gate_proj", "up_proj", "down_proj",
      HfFamily::Placement::deepseek, HfFamily::Shared::deepseek},
     {"gpt_oss", "mlp", "router", "intermediate_size", "", "", "", HfFamily::Placement::every, HfFamily::Shared::none},
+    {"llama4_text", "feed_forward", "router", "intermediate_size", "", "", "", HfFamily::Placement::llama4,
+     HfFamily::Shared::llama4},
+    {"llama4", "feed_forward", "router", "intermediate_size", "", "", "", HfFamily::Placement::llama4,
+     HfFamily::Shared::llama4},
 };
 
 // Integer key, required or with a default (absent or null → `fallback`; fallback < 0: required).
@@ -414,6 +424,35 @@ inline Status hf_is_moe_layer(HfFamily const& f, Json const& section, ConfigRead
       moe = false;
       why = "(layer + 1) % decoder_sparse_step (" + std::to_string(step) + ") != 0";
     }
+  } else if (f.placement == HfFamily::Placement::llama4) {
+    if (r.has("moe_layers")) {
+      Json const& list = section.at("moe_layers");
+      if (!list.is_array()) {
+        return r.fail("key 'moe_layers' must be a list of layer indices (got " + show(list) + ")");
+      }
+      moe = false;
+      for (Json const& v : list) {
+        if (!v.is_number_integer()) {
+          return r.fail("key 'moe_layers' must hold integers (got " + show(v) + ")");
+        }
+        moe = moe || v.get<std::int64_t>() == layer;
+      }
+      if (!moe) {
+        why = "it is not listed in moe_layers";
+      }
+      return Status::ok;
+    }
+    std::int64_t step = 1;
+    if (Status s = hf_int(r, "interleave_moe_layer_step", 1, step); !s) {
+      return s;
+    }
+    if (step < 1) {
+      return r.fail("key 'interleave_moe_layer_step' must be >= 1 (got " + std::to_string(step) + ")");
+    }
+    if ((layer + 1) % step != 0) {
+      moe = false;
+      why = "(layer + 1) % interleave_moe_layer_step (" + std::to_string(step) + ") != 0";
+    }
   } else if (f.placement == HfFamily::Placement::deepseek) {
     std::int64_t first = 0, freq = 1;
     if (Status s = hf_int(r, "first_k_dense_replace", 0, first); !s) {
@@ -480,6 +519,47 @@ Status hf_per_expert(HfTensors const& t, HfFamily const& f, std::string const& p
   return Status::ok;
 }
 
+// [E, rows, cols] → [E, cols, rows]: the [in, out] fused tensors to [out, in].
+inline std::vector<float> hf_transpose(std::vector<float> const& src, std::int64_t experts, std::int64_t rows,
+                                       std::int64_t cols) {
+  std::vector<float> dst(src.size());
+  for (std::int64_t e = 0; e < experts; ++e) {
+    for (std::int64_t r = 0; r < rows; ++r) {
+      for (std::int64_t c = 0; c < cols; ++c) {
+        dst[static_cast<std::size_t>((e * cols + c) * rows + r)] =
+            src[static_cast<std::size_t>((e * rows + r) * cols + c)];
+      }
+    }
+  }
+  return dst;
+}
+
+// Llama-4 experts: gate_up_proj [E, H, 2I] ([in, out]; gate = columns 0..I-1, up = I..2I-1) and
+// down_proj [E, I, H], no biases.
+template <class W>
+Status hf_llama4_experts(HfTensors const& t, std::string const& prefix, MoeBlock<W>& b) {
+  std::int64_t const E = b.experts, H = b.hidden, I = b.intermediate;
+  b.storage = HfExpertStorage::fused_transposed;
+  std::vector<float> gu_t, down_t;
+  if (Status s = t.floats(prefix + "gate_up_proj", {{"E", E}, {"H", H}, {"2I", 2 * I}}, gu_t); !s) {
+    return s;
+  }
+  if (Status s = t.floats(prefix + "down_proj", {{"E", E}, {"I", I}, {"H", H}}, down_t); !s) {
+    return s;
+  }
+  std::vector<float> const gate_up = hf_transpose(gu_t, E, H, 2 * I);  // [E, 2I, H]: rows 0..I-1 gate
+  b.gate.reserve(static_cast<std::size_t>(E * I * H));
+  b.up.reserve(static_cast<std::size_t>(E * I * H));
+  for (std::int64_t e = 0; e < E; ++e) {
+    auto const first = gate_up.begin() + static_cast<std::ptrdiff_t>(e * 2 * I * H);
+    auto const middle = first + static_cast<std::ptrdiff_t>(I * H);
+    hf_append(b.gate, std::vector<float>(first, middle));
+    hf_append(b.up, std::vector<float>(middle, middle + static_cast<std::ptrdiff_t>(I * H)));
+  }
+  hf_append(b.down, hf_transpose(down_t, E, I, H));
+  return Status::ok;
+}
+
 // gpt-oss experts: plain fused [in, out] tensors or MXFP4 blocks, de-interleaved to gate/up.
 template <class W>
 Status hf_gpt_oss_experts(HfTensors const& t, std::string const& prefix, MoeBlock<W>& b) {
@@ -494,21 +574,8 @@ Status hf_gpt_oss_experts(HfTensors const& t, std::string const& prefix, MoeBloc
     if (Status s = t.floats(prefix + "down_proj", {{"E", E}, {"I", I}, {"H", H}}, down_t); !s) {
       return s;
     }
-    gate_up.resize(gu_t.size());
-    down.resize(down_t.size());
-    for (std::int64_t e = 0; e < E; ++e) {
-      for (std::int64_t h = 0; h < H; ++h) {
-        for (std::int64_t c = 0; c < 2 * I; ++c) {
-          gate_up[static_cast<std::size_t>((e * 2 * I + c) * H + h)] =
-              gu_t[static_cast<std::size_t>((e * H + h) * 2 * I + c)];
-        }
-      }
-      for (std::int64_t m = 0; m < I; ++m) {
-        for (std::int64_t h = 0; h < H; ++h) {
-          down[static_cast<std::size_t>((e * H + h) * I + m)] = down_t[static_cast<std::size_t>((e * I + m) * H + h)];
-        }
-      }
-    }
+    gate_up = hf_transpose(gu_t, E, H, 2 * I);
+    down = hf_transpose(down_t, E, I, H);
   } else if (t.has(prefix + "gate_up_proj_blocks")) {
     b.storage = HfExpertStorage::mxfp4;
     if (H % 32 != 0 || I % 32 != 0) {
@@ -592,7 +659,7 @@ template <HfWeightElement W>
   if (family == nullptr) {
     return r.fail("model_type '" + router.model_type +
                   "' has no checkpoint mapping (mixtral, qwen2_moe, qwen3_moe, olmoe, deepseek_v2, deepseek_v3, "
-                  "gpt_oss)");
+                  "gpt_oss, llama4)");
   }
   MoeBlock<W> b;
   b.model_type = router.model_type;
@@ -656,7 +723,12 @@ template <HfWeightElement W>
   if (Status s = detail::hf_fp8_blocks(config, source, t.block_rows, t.block_cols); !s) {
     return s;
   }
-  std::string const prefix = "model.layers." + std::to_string(layer) + "." + family->mlp + ".";
+  // Llama-4's multimodal checkpoints nest the text model under language_model.
+  std::string prefix = "model.layers." + std::to_string(layer) + "." + family->mlp + ".";
+  if (family->placement == HfFamily::Placement::llama4 && !t.has(prefix + "router.weight") &&
+      t.has("language_model." + prefix + "router.weight")) {
+    prefix = "language_model." + prefix;
+  }
   std::int64_t const E = b.experts, H = b.hidden;
   std::string const router_name = prefix + family->router + ".weight";
   if (auto const it = file.tensors.find(router_name); it != file.tensors.end()) {
@@ -685,6 +757,11 @@ template <HfWeightElement W>
     if (Status s = detail::hf_gpt_oss_experts(t, prefix + "experts.", b); !s) {
       return s;
     }
+  } else if (family->placement == HfFamily::Placement::llama4) {
+    b.position = experts::WeightPosition::on_input;  // E(w·x), ALGORITHMS.md §1.6
+    if (Status s = detail::hf_llama4_experts(t, prefix + "experts.", b); !s) {
+      return s;
+    }
   } else if (Status s = detail::hf_per_expert(t, *family, prefix + "experts.", b); !s) {
     return s;
   }
@@ -695,6 +772,9 @@ template <HfWeightElement W>
     if (Status s = detail::hf_int(r, "shared_expert_intermediate_size", 0, b.shared_intermediate); !s) {
       return s;
     }
+    shared_prefix = prefix + "shared_expert.";
+  } else if (family->shared == HfFamily::Shared::llama4) {
+    b.shared_intermediate = b.intermediate;  // the shared expert has the routed experts' size
     shared_prefix = prefix + "shared_expert.";
   } else if (family->shared == HfFamily::Shared::deepseek) {
     std::int64_t n_shared = 0;

@@ -534,12 +534,10 @@ inline std::vector<float> hf_transpose(std::vector<float> const& src, std::int64
   return dst;
 }
 
-// Llama-4 experts: gate_up_proj [E, H, 2I] ([in, out]; gate = columns 0..I-1, up = I..2I-1) and
-// down_proj [E, I, H], no biases.
-template <class W>
-Status hf_llama4_experts(HfTensors const& t, std::string const& prefix, MoeBlock<W>& b) {
-  std::int64_t const E = b.experts, H = b.hidden, I = b.intermediate;
-  b.storage = HfExpertStorage::fused_transposed;
+// The fused [in, out] tensors gate_up_proj [E, H, 2I] and down_proj [E, I, H] (gpt-oss, Llama-4),
+// transposed to [E, 2I, H] and [E, H, I].
+inline Status hf_fused_transposed(HfTensors const& t, std::string const& prefix, std::int64_t E, std::int64_t H,
+                                  std::int64_t I, std::vector<float>& gate_up, std::vector<float>& down) {
   std::vector<float> gu_t, down_t;
   if (Status s = t.floats(prefix + "gate_up_proj", {{"E", E}, {"H", H}, {"2I", 2 * I}}, gu_t); !s) {
     return s;
@@ -547,7 +545,21 @@ Status hf_llama4_experts(HfTensors const& t, std::string const& prefix, MoeBlock
   if (Status s = t.floats(prefix + "down_proj", {{"E", E}, {"I", I}, {"H", H}}, down_t); !s) {
     return s;
   }
-  std::vector<float> const gate_up = hf_transpose(gu_t, E, H, 2 * I);  // [E, 2I, H]: rows 0..I-1 gate
+  gate_up = hf_transpose(gu_t, E, H, 2 * I);
+  down = hf_transpose(down_t, E, I, H);
+  return Status::ok;
+}
+
+// Llama-4 experts: gate_up_proj [E, H, 2I] ([in, out]; gate = columns 0..I-1, up = I..2I-1) and
+// down_proj [E, I, H], no biases.
+template <class W>
+Status hf_llama4_experts(HfTensors const& t, std::string const& prefix, MoeBlock<W>& b) {
+  std::int64_t const E = b.experts, H = b.hidden, I = b.intermediate;
+  b.storage = HfExpertStorage::fused_transposed;
+  std::vector<float> gate_up, down;  // [E, 2I, H]: rows 0..I-1 gate, I..2I-1 up
+  if (Status s = hf_fused_transposed(t, prefix, E, H, I, gate_up, down); !s) {
+    return s;
+  }
   b.gate.reserve(static_cast<std::size_t>(E * I * H));
   b.up.reserve(static_cast<std::size_t>(E * I * H));
   for (std::int64_t e = 0; e < E; ++e) {
@@ -556,7 +568,7 @@ Status hf_llama4_experts(HfTensors const& t, std::string const& prefix, MoeBlock
     hf_append(b.gate, std::vector<float>(first, middle));
     hf_append(b.up, std::vector<float>(middle, middle + static_cast<std::ptrdiff_t>(I * H)));
   }
-  hf_append(b.down, hf_transpose(down_t, E, I, H));
+  hf_append(b.down, down);
   return Status::ok;
 }
 
@@ -567,15 +579,9 @@ Status hf_gpt_oss_experts(HfTensors const& t, std::string const& prefix, MoeBloc
   std::vector<float> gate_up, down, gu_bias, d_bias;  // gate_up as [E, 2I, H], down as [E, H, I]
   if (t.has(prefix + "gate_up_proj")) {
     b.storage = HfExpertStorage::fused_transposed;
-    std::vector<float> gu_t, down_t;
-    if (Status s = t.floats(prefix + "gate_up_proj", {{"E", E}, {"H", H}, {"2I", 2 * I}}, gu_t); !s) {
+    if (Status s = hf_fused_transposed(t, prefix, E, H, I, gate_up, down); !s) {
       return s;
     }
-    if (Status s = t.floats(prefix + "down_proj", {{"E", E}, {"I", I}, {"H", H}}, down_t); !s) {
-      return s;
-    }
-    gate_up = hf_transpose(gu_t, E, H, 2 * I);
-    down = hf_transpose(down_t, E, I, H);
   } else if (t.has(prefix + "gate_up_proj_blocks")) {
     b.storage = HfExpertStorage::mxfp4;
     if (H % 32 != 0 || I % 32 != 0) {

@@ -322,3 +322,28 @@ TEST_CASE("moekit-run: errors exit non-zero with a message naming the file and w
            "gate projection: hidden states: non-finite value nan at token 1, h 6");
   }
 }
+
+TEST_CASE("moekit-run: bf16 hidden states (<u2) give the bits of the same values in float32", "[tools][moekit_run]") {
+  Work work;
+  test_hf::Checkpoint c;
+  REQUIRE(test_hf::write_checkpoint(work.dir / "model", "qwen2_moe", c, 5));
+  std::vector<float> x = test_hf::random_x(6, c.hidden, 3);
+  std::vector<bf16_t> xb;
+  for (float& v : x) {
+    xb.push_back(bf16_t(v));
+    v = xb.back().to_float();
+  }
+  REQUIRE(io::write_npy(work.dir / "x32.npy", x.data(), {6, c.hidden}) == Status::ok);
+  REQUIRE(io::write_npy(work.dir / "x16.npy", xb.data(), {6, c.hidden}) == Status::ok);
+  std::vector<float> y[2];
+  for (int i = 0; i < 2; ++i) {
+    fs::path const xp = work.dir / (i == 0 ? "x32.npy" : "x16.npy"), yp = work.dir / ("y" + std::to_string(i) + ".npy");
+    REQUIRE(run_tool("--config " + q(c.config_path) + " --weights " + q(c.weights_path) + " --layer 1 --input " +
+                         q(xp) + " --output " + q(yp),
+                     work.dir / "log.txt")
+                .status == 0);
+    std::vector<std::int64_t> shape;
+    REQUIRE(io::read_npy(yp, y[i], shape) == Status::ok);
+  }
+  CHECK(y[0] == y[1]);
+}

@@ -92,7 +92,8 @@ Flag const flags[] = {
      "model.safetensors.index.json (the layer is gathered from its shards)",
      &Options::weights},
     {"--layer", FlagKind::layer, "N", "the decoder layer whose MoE block runs (must be an MoE layer)"},
-    {"--input", FlagKind::path, "x.npy", "hidden states [T, H] (float32; float16 is widened exactly)", &Options::input},
+    {"--input", FlagKind::path, "x.npy",
+     "hidden states [T, H]: float32, or float16 / bf16 (as <u2 or <V2) widened exactly", &Options::input},
     {"--output", FlagKind::path, "y.npy", "where y [T, H] (float32) is written", &Options::output},
     {"--router-out", FlagKind::path, "ids.npy",
      "also write the routed expert ids [T, K] (int32) there, and the routing weights [T, K] (float32) beside "
@@ -231,10 +232,22 @@ std::optional<Failure> load_inputs(Options const& o, Inputs& in) {
   if (Status s = moekit::io::load_moe_block(*o.config, *o.weights, static_cast<int>(*o.layer), in.block); !s) {
     return failure(s);
   }
-  std::vector<std::int64_t> shape;
-  if (Status s = moekit::io::read_npy(*o.input, in.x, shape); !s) {
+  // float32 (or float16) as is; bf16 (stored as <u2 / <V2, NumPy has no bf16) widened exactly.
+  moekit::io::NpyArray a;
+  if (Status s = moekit::io::read_npy(*o.input, a); !s) {
     return failure(s);
   }
+  if (moekit::io::converts_exactly<moekit::bf16_t>(a.type)) {
+    std::vector<moekit::bf16_t> b;
+    if (Status s = moekit::io::to_vector(a, b, o.input->string()); !s) {
+      return failure(s);
+    }
+    in.x.resize(b.size());
+    std::transform(b.begin(), b.end(), in.x.begin(), [](moekit::bf16_t v) { return v.to_float(); });
+  } else if (Status s = moekit::io::to_vector(a, in.x, o.input->string()); !s) {
+    return failure(s);
+  }
+  std::vector<std::int64_t> const& shape = a.shape;
   if (shape.size() != 2 || shape[1] != in.block.hidden) {
     return Failure{1, "input '" + o.input->string() +
                           "' must have shape [T, H] with H = " + std::to_string(in.block.hidden) +

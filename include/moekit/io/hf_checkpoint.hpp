@@ -38,16 +38,15 @@
 // The weights: one .safetensors file holding the layer, or a sharded checkpoint's
 // model.safetensors.index.json, whose shards the layer's tensors are gathered from.
 //
-// Which layers are MoE: mixtral, olmoe, gpt_oss every layer; llama4 above; qwen2/3: layer ∉ mlp_only_layers and
-// (layer+1) % decoder_sparse_step == 0; deepseek: layer >= first_k_dense_replace and layer %
-// moe_layer_freq == 0 (§1.4.4, §1.10). A dense layer, or one outside [0, num_hidden_layers), is an
-// error naming the layer and the key that decides it.
+// Which layers are MoE: mixtral, olmoe, gpt_oss every layer; llama4 as above; qwen2/3: layer ∉
+// mlp_only_layers and (layer+1) % decoder_sparse_step == 0; deepseek: layer >=
+// first_k_dense_replace and layer % moe_layer_freq == 0 (§1.4.4, §1.10). A dense layer, or one
+// outside [0, num_hidden_layers), is an error naming the layer and the key that decides it.
 //
 // Element types: W = float or bf16_t, what the caller wants the expert weights in. BF16, F16 and
 // F32 tensors are read (and FP8 above); bf16/f16 → float and bf16 → bf16 are exact, f32/f16 → bf16
 // rounds to nearest even (bf16_t(float)), FP8 → bf16 rounds the fp32 product; MXFP4 values are
-// LUT·2^k, exact in both. The router weight and
-// biases are always float (exact from BF16/F16/F32).
+// LUT·2^k, exact in both. The router weight and biases are always float (exact from BF16/F16/F32).
 //
 // Errors (Status::invalid_argument unless noted; load_moe_block leaves `out` untouched): a missing
 // tensor (named, with the file), a tensor of the wrong shape (got vs expected, named dims), a dtype

@@ -17,6 +17,7 @@
 // llama4 (text_config, language_model. prefix) E 8 K 1, fused [in,out] experts, shared expert,
 // interleave_moe_layer_step 2 (layer 1 MoE), weight on the expert input.
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <filesystem>
@@ -567,6 +568,184 @@ Status reference_block(io::MoeBlock<W> const& b, std::vector<float> const& x, Bl
       b.position == experts::WeightPosition::on_input ? host::WeightPosition::on_input
                                                       : host::WeightPosition::after_expert,
       sw.present() ? &shared : nullptr, HostTensor<float, 2>::row_major(out.y.data(), {T, H}));
+}
+
+// ---- An independent per-token computation of the block from the on-disk tensors ----------------
+// Written from ALGORITHMS.md §1.1-§1.6 and the raw accessors above, in double, sharing nothing
+// with io/hf_checkpoint.hpp or the host references: it checks the mapping, not the math.
+
+inline double sigmoid(double a) { return 1.0 / (1.0 + std::exp(-a)); }
+
+// Indices of the k largest keys, descending, ties to the lower index.
+inline std::vector<int> top(std::vector<double> const& key, int k) {
+  std::vector<int> order(key.size());
+  for (std::size_t i = 0; i < order.size(); ++i) {
+    order[i] = static_cast<int>(i);
+  }
+  std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return key[a] > key[b]; });
+  order.resize(static_cast<std::size_t>(k));
+  return order;
+}
+
+// SwiGLU (or gpt-oss's clamped SwiGLU with limit 1, α 1.702) of one expert on x, in double.
+template <class Raw>
+std::vector<double> expert(Raw const& raw, Checkpoint const& c, std::int64_t inter, std::vector<double> const& x) {
+  std::int64_t const H = c.hidden;
+  std::vector<double> h(static_cast<std::size_t>(inter)), o(static_cast<std::size_t>(H));
+  for (std::int64_t m = 0; m < inter; ++m) {
+    double g = raw.gate_bias(m), u = raw.up_bias(m);
+    for (std::int64_t i = 0; i < H; ++i) {
+      g += raw.gate(m, i) * x[static_cast<std::size_t>(i)];
+      u += raw.up(m, i) * x[static_cast<std::size_t>(i)];
+    }
+    if (c.model_type == "gpt_oss") {
+      double const limit = 1.0, alpha = 1.702;
+      double const a = std::min(g, limit);
+      double const uu = std::clamp(u, -limit, limit);
+      h[static_cast<std::size_t>(m)] = (uu + 1.0) * a * sigmoid(alpha * a);
+    } else {
+      h[static_cast<std::size_t>(m)] = g * sigmoid(g) * u;
+    }
+  }
+  for (std::int64_t i = 0; i < H; ++i) {
+    double s = raw.down_bias(i);
+    for (std::int64_t m = 0; m < inter; ++m) {
+      s += raw.down(i, m) * h[static_cast<std::size_t>(m)];
+    }
+    o[static_cast<std::size_t>(i)] = s;
+  }
+  return o;
+}
+
+struct SharedAsExpert {
+  RawShared raw;
+  double gate(std::int64_t m, std::int64_t h) const { return raw.gate(m, h); }
+  double up(std::int64_t m, std::int64_t h) const { return raw.up(m, h); }
+  double down(std::int64_t h, std::int64_t m) const { return raw.down(h, m); }
+  double gate_bias(std::int64_t) const { return 0; }
+  double up_bias(std::int64_t) const { return 0; }
+  double down_bias(std::int64_t) const { return 0; }
+};
+
+struct Independent {
+  std::vector<int> ids;
+  std::vector<double> y, tolerance;
+};
+
+inline Independent independent_block(Checkpoint const& c, std::vector<float> const& x) {
+  std::int64_t const H = c.hidden, E = c.experts;
+  int const K = c.k;
+  std::int64_t const T = static_cast<std::int64_t>(x.size()) / H;
+  RawTensor const& router = c.t(router_name(c));
+  Independent out;
+  out.y.assign(x.size(), 0.0);
+  out.tolerance.assign(x.size(), 0.0);
+  for (std::int64_t t = 0; t < T; ++t) {
+    float const* xt = x.data() + t * H;
+    std::vector<double> const xd(xt, xt + H);
+    std::vector<double> z(static_cast<std::size_t>(E));
+    double zmax = 0;
+    for (std::int64_t e = 0; e < E; ++e) {
+      double s = c.model_type == "gpt_oss" ? c.t(c.prefix(c.layer) + "router.bias").at({e}) : 0.0;
+      for (std::int64_t h = 0; h < H; ++h) {
+        s += router.at({e, h}) * double(xt[h]);
+      }
+      z[static_cast<std::size_t>(e)] = s;
+      zmax = std::max(zmax, std::fabs(s));
+    }
+    std::vector<int> ids;
+    std::vector<double> w;
+    if (c.model_type == "deepseek_v3") {  // σ, + correction bias, groups of 4 by top-2 sums, top-2 groups
+      std::vector<double> s(z.size()), key(z.size());
+      for (std::size_t e = 0; e < z.size(); ++e) {
+        s[e] = sigmoid(z[e]);
+        key[e] = s[e] + c.t(c.prefix(c.layer) + "gate.e_score_correction_bias").at({static_cast<std::int64_t>(e)});
+      }
+      std::vector<double> group(4);
+      for (int g = 0; g < 4; ++g) {
+        std::vector<double> members(key.begin() + 4 * g, key.begin() + 4 * g + 4);
+        std::vector<int> const best = top(members, 2);
+        group[static_cast<std::size_t>(g)] = members[best[0]] + members[best[1]];
+      }
+      std::vector<int> const kept = top(group, 2);
+      for (std::size_t e = 0; e < key.size(); ++e) {
+        if (std::find(kept.begin(), kept.end(), static_cast<int>(e) / 4) == kept.end()) {
+          key[e] = -INFINITY;
+        }
+      }
+      ids = top(key, K);
+      double sum = 1e-20;
+      for (int e : ids) {
+        sum += s[static_cast<std::size_t>(e)];
+      }
+      for (int e : ids) {
+        w.push_back(2.5 * s[static_cast<std::size_t>(e)] / sum);
+      }
+    } else if (c.model_type == "llama4") {  // top-K of the logits, weight σ(z) (§1.6)
+      ids = top(z, K);
+      for (int e : ids) {
+        w.push_back(sigmoid(z[static_cast<std::size_t>(e)]));
+      }
+    } else {  // softmax, top-K; renormalised for mixtral, qwen3 (config) and gpt-oss (softmax of the K)
+      ids = top(z, K);
+      double const m = z[static_cast<std::size_t>(ids[0])];
+      double all = 0, selected = 0;
+      for (double v : z) {
+        all += std::exp(v - m);
+      }
+      for (int e : ids) {
+        selected += std::exp(z[static_cast<std::size_t>(e)] - m);
+      }
+      bool const norm = c.model_type == "mixtral" || c.model_type == "qwen3_moe" || c.model_type == "gpt_oss";
+      for (int e : ids) {
+        w.push_back(std::exp(z[static_cast<std::size_t>(e)] - m) / (norm ? selected : all));
+      }
+    }
+    out.ids.insert(out.ids.end(), ids.begin(), ids.end());
+    std::vector<double> magnitude(static_cast<std::size_t>(H), 0.0);
+    bool const on_input = c.model_type == "llama4";  // y += E(w·x) instead of w·E(x)
+    for (int j = 0; j < K; ++j) {
+      double const wj = w[static_cast<std::size_t>(j)];
+      std::vector<double> xs = xd;
+      for (double& v : xs) {
+        v *= on_input ? wj : 1.0;
+      }
+      std::vector<double> const o = expert(RawExpert{c, ids[static_cast<std::size_t>(j)]}, c, c.intermediate, xs);
+      for (std::int64_t h = 0; h < H; ++h) {
+        double const term = (on_input ? 1.0 : wj) * o[static_cast<std::size_t>(h)];
+        out.y[static_cast<std::size_t>(t * H + h)] += term;
+        magnitude[static_cast<std::size_t>(h)] += std::fabs(term);
+      }
+    }
+    if (c.shared_intermediate > 0) {
+      SharedAsExpert const shared{RawShared{c}};
+      std::vector<double> const o = expert(shared, c, c.shared_intermediate, xd);
+      double gate = 1.0;
+      if (shared.raw.has_gate_vector()) {
+        double a = 0;
+        for (std::int64_t h = 0; h < H; ++h) {
+          a += shared.raw.gate_vector(h) * double(xt[h]);
+        }
+        gate = sigmoid(a);
+      }
+      for (std::int64_t h = 0; h < H; ++h) {
+        out.y[static_cast<std::size_t>(t * H + h)] += gate * o[static_cast<std::size_t>(h)];
+      }
+    }
+    // Tolerance: the reference rounds the logits to fp32 (|Δz| <= |z|·2^-24), which moves a
+    // softmax or sigmoid weight by at most 2·max|z|·2^-24 relative, the renormalisation doubles
+    // that; the weights and y are rounded to fp32 once more (2^-24 each). Everything else runs in
+    // double on both sides. So |Δy| <= (4·max|z| + 2)·2^-24·Σ_j|w_j o_j| + 2^-24·|y|; twice that.
+    // With the weight on the input (Llama-4) a relative change δ of w changes E(w·x) by at most
+    // 2δ|E(w·x)| (SwiGLU grows at most quadratically with its input's scale): degree 2.
+    double const degree = on_input ? 2.0 : 1.0;
+    for (std::int64_t h = 0; h < H; ++h) {
+      std::size_t const i = static_cast<std::size_t>(t * H + h);
+      out.tolerance[i] = 2.0 * ((4.0 * zmax + 2.0) * degree * 0x1p-24 * magnitude[static_cast<std::size_t>(h)] +
+                                0x1p-24 * std::fabs(out.y[i]));
+    }
+  }
+  return out;
 }
 
 }  // namespace moekit::test_hf

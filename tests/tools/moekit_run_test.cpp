@@ -3,8 +3,10 @@
 // y.npy with the host-reference block (host gate projection → host routing → host combine, all in
 // double, rounded once to fp32) within a first-order bound of the fp32 CPU executor's rounding,
 // computed per element (see `fp32_bound`). --router-out's ids must equal the reference's, its
-// weights agree within the same logit bound. Then each error: exit status 1 or 2, a one-line
-// message naming the file, and no output file left behind.
+// weights agree within the same logit bound. y is also compared with test_hf::independent_block,
+// computed from the raw on-disk tensors, so a mapping error shared by the tool and the reference
+// (both load through io::load_moe_block) fails here too. Then each error: exit status 1 or 2, a
+// one-line message naming the file, and no output file left behind.
 
 #include <sys/wait.h>
 
@@ -231,6 +233,15 @@ TEST_CASE("moekit-run: every family's y equals the host-reference block within t
       INFO("largest |y_tool - y_ref| = " << worst << ", largest ratio to the bound = " << worst_ratio);
       CHECK(bad_w == 0);
       CHECK(bad_y == 0);
+      // End to end against the independent computation from the on-disk tensors (which checks the
+      // mapping the reference shares with the tool): |y_tool - y_ind| <= bound + its tolerance.
+      test_hf::Independent const ind = test_hf::independent_block(c, x);
+      CHECK(ids == ind.ids);
+      long long bad_ind = 0;
+      for (std::size_t i = 0; i < y.size(); ++i) {
+        bad_ind += std::fabs(double(y[i]) - ind.y[i]) > bound[i] + ind.tolerance[i];
+      }
+      CHECK(bad_ind == 0);
       CHECK_THAT(r.log, Catch::Contains("moekit-run: layer " + std::to_string(c.layer) + " of " + c.model_type));
     }
   }

@@ -71,6 +71,7 @@ class MoeLayer {
     std::int64_t shared_intermediate = 0;  // 0: no shared expert
     std::int64_t capacity = -1;            // per expert; -1 unlimited
     experts::WeightPosition position = experts::WeightPosition::after_expert;
+    experts::CombineMode combine = experts::CombineMode::deterministic;
   };
 
   // X: activations (and the router weight) — float or bf16; Y: output — float or X.
@@ -101,6 +102,7 @@ class MoeLayer {
     e.shared_intermediate = p.shared_intermediate;
     e.capacity = p.capacity;
     e.position = p.position;
+    e.combine = p.combine;
     return e;
   }
 
@@ -130,9 +132,6 @@ class MoeLayer {
       if (Status s = expert.validate(); !s) {
         return s;
       }
-      if (!device && experts::WeightsOf<Element, MemorySpace::host>::quantized) {
-        return error(Status::unsupported_config, "MoeLayer on the CPU: quantized experts need the device path for now");
-      }
       if (device) {
         if (Status s = kernels::can_implement<kernels::PrefillConfig, Expert, X, Y>(expert, expert_problem(router, p));
             !s) {
@@ -154,9 +153,7 @@ class MoeLayer {
       stage = std::max(kernels::expert_stage_workspace_size<kernels::PrefillConfig, X>(ep),
                        kernels::expert_stage_workspace_size<kernels::DecodeConfig, X>(ep));
     } else {
-      if constexpr (!experts::WeightsOf<Element, MemorySpace::host>::quantized) {
-        stage = cpu::experts_workspace_size<Expert, X, Y>(Expert{}, ep);
-      }
+      stage = cpu::experts_workspace_size<Expert, X, Y>(Expert{}, ep);
     }
     return counting.bytes_used() + Workspace::default_alignment + stage + loss_workspace_bytes(p);
   }
@@ -238,11 +235,7 @@ class MoeLayer {
     if (Status s = cpu::route(router, route_buffers(r)); !s) {
       return s;
     }
-    if constexpr (experts::WeightsOf<Element, MemorySpace::host>::quantized) {
-      return Status::unsupported_config;  // (can_implement said why)
-    } else {
-      return cpu::run_experts(expert, expert_problem(router, p), expert_args(a, r), workspace, a.diagnostics, &pool);
-    }
+    return cpu::run_experts(expert, expert_problem(router, p), expert_args(a, r), workspace, a.diagnostics, &pool);
   }
 
  private:

@@ -27,8 +27,9 @@ namespace experts {
 enum class WeightPosition { after_expert, on_input };
 
 // deterministic: each token's slots are summed by one thread in slot order (bit-identical for
-// any grid size and schedule). atomic: expert outputs are added into y with atomics as they are
-// produced (fewer passes over memory; the sum order, hence the last bits, varies run to run).
+// any grid size and schedule). atomic: each expert output row is added into its token's fp32
+// row as it is produced (no [T·K, H] buffer: K times less memory; the order of the adds, hence
+// the last bits, varies run to run). The CPU executor runs both deterministically.
 enum class CombineMode { deterministic, atomic };
 
 struct ExpertProblem {

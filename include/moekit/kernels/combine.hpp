@@ -29,13 +29,14 @@ struct CombineParams {
   float const* weights = nullptr;  // [T, K], row stride weights_stride
   std::int64_t weights_stride = 0;
   std::int64_t const* assignment_row = nullptr;  // [T * K] from the plan; -1: dropped or empty
-  float const* routed = nullptr;                 // [rows, H] weighted expert outputs
+  float const* routed = nullptr;                 // [rows, H] weighted expert outputs (null: none)
   X const* x = nullptr;                          // [T, H], row stride x_stride
   std::int64_t x_stride = 0;
   float const* shared = nullptr;   // [T, H] shared expert output, or null
   X const* shared_gate = nullptr;  // [H] w_sg, or null (weight 1)
   Y* y = nullptr;                  // [T, H], row stride y_stride
   std::int64_t y_stride = 0;
+  bool accumulated = false;  // atomic mode: routed is [T, H], the slots already summed
 };
 
 struct CombineStorage {
@@ -63,7 +64,7 @@ MOEKIT_DEVICE void combine_phase(CombineParams<X, Y> const& p) {
       gate = s.gate[0];
     }
     for (std::int64_t h = tid; h < p.hidden; h += combine_block_threads) {
-      float acc = 0.0f;
+      float acc = p.accumulated && p.routed != nullptr ? p.routed[t * p.hidden + h] : 0.0f;
       for (int j = 0; j < p.slots; ++j) {
         std::int64_t const row = p.assignment_row[t * p.slots + j];
         if (row < 0) {
@@ -71,7 +72,7 @@ MOEKIT_DEVICE void combine_phase(CombineParams<X, Y> const& p) {
         }
         int const id = p.ids[t * p.ids_stride + j];
         experts::ExpertKind const kind = p.table.kind(id);
-        if (kind == experts::ExpertKind::computed) {
+        if (kind == experts::ExpertKind::computed && !p.accumulated) {
           acc += p.routed[row * p.hidden + h];
         } else if (kind == experts::ExpertKind::identity) {
           acc += p.weights[t * p.weights_stride + j] * to_float(xt[h]);

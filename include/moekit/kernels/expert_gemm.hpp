@@ -387,7 +387,8 @@ struct DownParams {
   ExpertBias<typename GemmOperands<typename Expert::Element, X>::Bias> down_bias;
   bool weights_vector = false;
   std::int64_t hidden = 0, inter = 0;
-  float* out = nullptr;  // [rows, hidden] fp32
+  float* out = nullptr;     // [rows, hidden] fp32; with `accumulate`, [T, hidden]
+  bool accumulate = false;  // CombineMode::atomic: add each row into its token's row of out
 };
 
 template <class Cfg, class Expert, class X>
@@ -432,9 +433,30 @@ MOEKIT_DEVICE void expert_down_phase(DownParams<Expert, X> const& p) {
       if (p.weight_output) {
         o *= s.row_scale[static_cast<std::size_t>(r)];
       }
-      p.out[row * p.hidden + n] = o;
+      if (p.accumulate) {
+        std::int64_t const token = s.row_token[static_cast<std::size_t>(r)];
+        if (token >= 0) {
+          arch::atomic_add(&p.out[token * p.hidden + n], o);  // the order of the K adds varies run to run
+        }
+      } else {
+        p.out[row * p.hidden + n] = o;
+      }
     });
   }
+}
+
+// Zeroes n floats, grid-stride (the atomic combine's accumulator, before the down GEMM).
+MOEKIT_DEVICE inline void zero_phase(float* p, std::int64_t n) {
+  std::int64_t const stride = std::int64_t{arch::grid_dim().x} * arch::block_dim().x;
+  for (std::int64_t i = std::int64_t{arch::block_rank()} * arch::block_dim().x + arch::thread_rank(); i < n;
+       i += stride) {
+    p[i] = 0.0f;
+  }
+}
+
+template <int Threads>
+MOEKIT_KERNEL void MOEKIT_LAUNCH_BOUNDS(Threads, 1) zero_kernel(float* p, std::int64_t n) {
+  zero_phase(p, n);
 }
 
 template <class Cfg, class Expert, class X>

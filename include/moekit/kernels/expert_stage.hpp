@@ -55,7 +55,7 @@ struct StageBuffers {
   plan::DispatchPlan<MemorySpace::device> plan;
   plan::PlanWorkspace plan_workspace;
   X* h = nullptr;           // [max_rows, padded I]
-  float* routed = nullptr;  // [max_rows, H]
+  float* routed = nullptr;  // [max_rows, H]; atomic combine: [T, H]
   X* shared_h = nullptr;    // [T, padded I_s]
   float* shared = nullptr;  // [T, H]
 };
@@ -77,7 +77,10 @@ StageBuffers<X> carve(experts::ExpertProblem const& p, Workspace& w) {
   b.plan.num_tiles = w.take<std::int64_t>(1, "num_tiles");
   b.plan_workspace = plan::carve_plan_workspace(pp, w);
   b.h = w.take<X>(rows * padded_row(p.intermediate), "expert hidden h");
-  b.routed = w.take<float>(rows * p.hidden, "expert outputs");
+  // Deterministic: one row per (token, slot), summed by the combine in slot order. Atomic: one
+  // row per token, the slots added as they are produced (K times less memory).
+  bool const atomic = p.combine == experts::CombineMode::atomic;
+  b.routed = w.take<float>((atomic ? p.tokens : rows) * p.hidden, "expert outputs");
   if (p.shared_intermediate > 0) {
     b.shared_h = w.take<X>(p.tokens * padded_row(p.shared_intermediate), "shared expert hidden h");
     b.shared = w.take<float>(p.tokens * p.hidden, "shared expert output");
@@ -139,6 +142,7 @@ template <class E>
 template <class E, class X, class Y>
 struct StageParams {
   bool routed = false;  // any computed experts
+  bool atomic = false;  // CombineMode::atomic: sp.combine.routed ([T, H]) is zeroed, then added into
   bool shared = false;  // a shared expert
   UpParams<E, X> up;
   DownParams<E, X> down;
@@ -199,6 +203,8 @@ stage_params(E const& expert, experts::ExpertProblem const& p,
     mlp(expert, routed_rows, a.experts, p.table.computed, p.intermediate, b.h, b.routed, on_input, !on_input, sp.up,
         sp.down);
   }
+  sp.atomic = sp.routed && p.combine == experts::CombineMode::atomic;
+  sp.down.accumulate = sp.atomic;
   sp.shared = p.shared_intermediate > 0;
   if (sp.shared) {
     RowSource const all_tokens{nullptr, nullptr, nullptr, nullptr, p.tokens, p.slots, nullptr, 0};
@@ -221,6 +227,10 @@ stage_params(E const& expert, experts::ExpertProblem const& p,
                                    sp.shared ? a.shared.gate.data : nullptr,
                                    a.y.data,
                                    a.y.stride(0)};
+  sp.combine.accumulated = sp.atomic;
+  if (!sp.routed) {
+    sp.combine.routed = nullptr;
+  }
   return sp;
 }
 
@@ -245,10 +255,6 @@ template <class Cfg, experts::Expert E, class X, class Y>
     }
     if (Status s = experts::validate(p); !s) {
       return s;
-    }
-    if (p.combine != experts::CombineMode::deterministic) {
-      return error(Status::unsupported_config,
-                   "device experts: only the deterministic combine is implemented (CombineMode::atomic is not)");
     }
     return Status::ok;
   }
@@ -312,6 +318,13 @@ template <class Cfg, experts::Expert E, class X, class Y>
         .grid = detail::grid_for(down_items, options), .block = Cfg::threads, .dynamic_shared_bytes = smem_down};
     return arch::launch(expert_down_kernel<Cfg, P, X>, down_launch, stream, down);
   };
+  if (sp.atomic) {
+    std::int64_t const n = p.tokens * p.hidden;
+    arch::KernelLaunch const zero_launch{.grid = detail::grid_for((n + 255) / 256, options), .block = 256};
+    if (Status s = arch::launch(zero_kernel<256>, zero_launch, stream, b.routed, n); !s) {
+      return s;
+    }
+  }
   if (sp.routed) {
     if (Status s = run_mlp(sp.up, sp.down, plan::max_tiles(pp)); !s) {
       return s;

@@ -69,6 +69,9 @@ MOEKIT_KERNEL void MOEKIT_LAUNCH_BOUNDS(Cfg::threads, 1) fused_layer_kernel(Fuse
   static_assert(Cfg::threads == routing::gate_block_threads && Cfg::threads == routing::route_block_threads &&
                     Cfg::threads == plan::plan_chunk_block_threads && Cfg::threads == combine_block_threads,
                 "the fused layer kernel runs every phase with the same block size");
+  if (p.stage.atomic) {
+    zero_phase(p.stage.down.out, p.tokens * p.hidden);  // first added to after 6 grid syncs
+  }
   routing::gate_projection_phase(p.x, p.x_stride, p.gate_weight, p.gate_stride, p.gate_bias, p.tokens, p.hidden,
                                  p.experts, p.logits, p.logits_stride);
   arch::grid_sync();

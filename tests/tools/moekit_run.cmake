@@ -7,7 +7,7 @@
 set(moekit_run_work ${CMAKE_CURRENT_BINARY_DIR}/moekit_run_test_work)
 moekit_add_test(tools_moekit_run_test SOURCES ${CMAKE_CURRENT_LIST_DIR}/moekit_run_test.cpp LABELS tools io)
 target_link_libraries(tools_moekit_run_test PRIVATE nlohmann_json::nlohmann_json)
-target_include_directories(tools_moekit_run_test PRIVATE ${PROJECT_SOURCE_DIR}/tests/io)
+target_include_directories(tools_moekit_run_test PRIVATE ${PROJECT_SOURCE_DIR}/tests/io ${PROJECT_SOURCE_DIR}/tests/experts)
 target_compile_definitions(tools_moekit_run_test PRIVATE "MOEKIT_RUN_EXE=\"$<TARGET_FILE:moekit-run>\""
                                                          "MOEKIT_RUN_WORK_DIR=\"${moekit_run_work}\"")
 add_dependencies(tools_moekit_run_test moekit-run)

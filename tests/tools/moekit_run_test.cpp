@@ -20,6 +20,7 @@
 #include <string>
 #include <vector>
 
+#include "expert_case.hpp"
 #include "hf_checkpoint_support.hpp"
 #include <catch2/catch.hpp>
 
@@ -357,4 +358,71 @@ TEST_CASE("moekit-run: bf16 hidden states (<u2) give the bits of the same values
     REQUIRE(io::read_npy(yp, y[i], shape) == Status::ok);
   }
   CHECK(y[0] == y[1]);
+}
+
+// --emulate: the device expert stage (under the CUDA emulator) on bf16-rounded x and weights,
+// with the CPU's routing. Oracle: the host reference on exactly those bf16 operands and the
+// tool's own ids/weights (--router-out), within expert_case::oracle's per-element bound for
+// bf16 operands and a bf16 h (tests/experts/expert_case.hpp explains it).
+TEST_CASE("moekit-run --emulate: the device kernels agree with the host reference on bf16 operands",
+          "[tools][moekit_run]") {
+  for (std::string const& family : test_hf::families) {
+    DYNAMIC_SECTION(family) {
+      Work work;
+      test_hf::Checkpoint c;
+      REQUIRE(test_hf::write_checkpoint(work.dir / "model", family, c, 5));
+      std::int64_t const T = 23;
+      std::vector<float> const x = test_hf::random_x(T, c.hidden, 11);
+      fs::path const xp = work.dir / "x.npy", yp = work.dir / "y.npy", ip = work.dir / "ids.npy";
+      REQUIRE(io::write_npy(xp, x.data(), {T, c.hidden}) == Status::ok);
+      Run const r = run_tool("--config " + q(c.config_path) + " --weights " + q(c.weights_path) + " --layer " +
+                                 std::to_string(c.layer) + " --input " + q(xp) + " --output " + q(yp) +
+                                 " --router-out " + q(ip) + " --emulate",
+                             work.dir / "log.txt");
+      INFO(r.log);
+      REQUIRE(r.status == 0);
+      std::vector<float> y, w;
+      std::vector<int> ids;
+      std::vector<std::int64_t> shape;
+      REQUIRE(io::read_npy(yp, y, shape) == Status::ok);
+      REQUIRE(io::read_npy(ip, ids, shape) == Status::ok);
+      REQUIRE(io::read_npy(work.dir / "ids_weights.npy", w, shape) == Status::ok);
+      io::MoeBlock<float> b;
+      REQUIRE(io::load_moe_block(c.config_path, c.weights_path, c.layer, b) == Status::ok);
+      // The block as expert_case data, rounded to bf16 as the tool rounds it.
+      auto const narrow = [](std::vector<float> const& v) {
+        std::vector<bf16_t> o;
+        for (float f : v) {
+          o.push_back(bf16_t(f));
+        }
+        return o;
+      };
+      expert_case::Case<bf16_t, bf16_t> k;
+      k.shape.tokens = T;
+      k.shape.hidden = b.hidden;
+      k.shape.inter = b.intermediate;
+      k.shape.slots = c.k;
+      k.shape.table = experts::all_computed(static_cast<int>(b.experts));
+      k.shape.shared_inter = b.shared_intermediate;
+      k.shape.shared_gate = !b.shared_gate_vector.empty();
+      k.shape.biases = !b.gate_bias.empty();
+      k.shape.position = b.position;
+      k.x = narrow(x);
+      k.ids = ids;
+      k.weights = w;
+      k.gate = narrow(b.gate), k.up = narrow(b.up), k.down = narrow(b.down);
+      k.gate_bias = narrow(b.gate_bias), k.up_bias = narrow(b.up_bias), k.down_bias = narrow(b.down_bias);
+      k.s_gate = narrow(b.shared_gate), k.s_up = narrow(b.shared_up), k.s_down = narrow(b.shared_down);
+      k.s_gate_vec = narrow(b.shared_gate_vector);
+      double const u_bf16 = 0x1p-8, u_fp32 = 0x1p-24;
+      if (b.function == io::HfExpertFunction::clamped_swiglu) {
+        auto const o = expert_case::oracle<bf16_t, bf16_t, float>(
+            k, experts::ClampedSwiglu<bf16_t>{b.swiglu_alpha, b.swiglu_limit}, u_bf16, u_fp32);
+        expert_case::require_within(y, o);
+      } else {
+        auto const o = expert_case::oracle<bf16_t, bf16_t, float>(k, experts::SwiGlu<bf16_t>{}, u_bf16, u_fp32);
+        expert_case::require_within(y, o);
+      }
+    }
+  }
 }

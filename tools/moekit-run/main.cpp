@@ -8,7 +8,9 @@
 //   2. inputs         the block (io::load_moe_block<float>) and x, checked against each other
 //   3. routing        cpu::gate_projection → cpu::route with the config's router
 //                     (io::make_top_k_router / io::make_grouped_router)
-//   4. experts        cpu::run_experts (SwiGLU, or gpt-oss's clamped SwiGLU), fp32
+//   4. experts        cpu::run_experts (SwiGLU, or gpt-oss's clamped SwiGLU), fp32; with --emulate
+//                     the device expert stage (kernels::run_expert_stage: plan, tensor-core
+//                     grouped GEMMs, combine) under moekit's CUDA emulator, in bf16
 //   5. outputs        every file written to a temporary name, all renamed only when all were
 //                     written: a failure at any step leaves no output file behind.
 // Exit status: 0 success, 1 error in the inputs, 2 bad command line.
@@ -42,6 +44,7 @@
 #include "moekit/io/hf_checkpoint.hpp"
 #include "moekit/io/hf_config.hpp"
 #include "moekit/io/npy.hpp"
+#include "moekit/kernels/expert_stage.hpp"
 #include "moekit/routing/gate_projection_buffers.hpp"
 #include "moekit/routing/grouped_top_k.hpp"
 #include "moekit/routing/route_buffers.hpp"
@@ -72,10 +75,11 @@ struct Options {
   std::optional<fs::path> config, weights, input, output, router_out;
   std::optional<long long> layer;
   long long threads = 0;
+  bool emulate = false;
   bool help = false;
 };
 
-enum class FlagKind { path, layer, threads, help };
+enum class FlagKind { path, layer, threads, emulate, help };
 
 struct Flag {
   char const* name;
@@ -100,12 +104,15 @@ Flag const flags[] = {
      "it as <stem>_weights.npy",
      &Options::router_out},
     {"--threads", FlagKind::threads, "N", "CPU threads of the expert stage (default 0: all cores)"},
+    {"--emulate", FlagKind::emulate, "",
+     "run the expert stage as the device kernels (plan, tensor-core grouped GEMMs, combine) under moekit's CUDA "
+     "emulator: x and the expert weights rounded to bf16, fp32 accumulation (routing stays on the CPU in fp32)"},
     {"--help", FlagKind::help, "", "print this help and exit"},
 };
 
 void print_help() {
   std::printf("usage: %s --config config.json --weights model.safetensors --layer N --input x.npy --output y.npy\n"
-              "                  [--router-out ids.npy] [--threads N]\n\n"
+              "                  [--router-out ids.npy] [--threads N] [--emulate]\n\n"
               "Runs layer N's MoE block (gate projection, routing, experts, combine) on the CPU in fp32 and writes\n"
               "y. Families: mixtral, qwen2_moe, qwen3_moe, olmoe, deepseek_v2, deepseek_v3 (bf16/fp32, or FP8\n"
               "block-scaled), gpt_oss (bf16/fp32 or MXFP4), llama4. Outputs are written only when everything\n"
@@ -192,6 +199,7 @@ std::optional<Failure> parse_command_line(int argc, char** argv, Options& o) {
           return f;
         }
         break;
+      case FlagKind::emulate: o.emulate = true; break;
       case FlagKind::help: o.help = true; break;
     }
   }
@@ -340,14 +348,87 @@ Status run_experts(Ex const& expert, Inputs const& in, Routing const& r, unsigne
   return moekit::cpu::run_experts<Ex, float, float>(expert, p, args, ws, &diagnostics, &pool);
 }
 
-std::optional<Failure> experts_stage(Inputs const& in, Routing const& r, unsigned threads, std::vector<float>& y) {
+// The same stage as the device kernels run it (kernels/expert_stage.hpp), on moekit's CUDA
+// emulator (device memory is host memory there): x and the weights rounded to bf16 once.
+template <moekit::experts::Expert Ex>
+Status run_experts_emulated(Ex const& expert, Inputs const& in, Routing const& r, std::vector<float>& y) {
+  using moekit::bf16_t;
+  using moekit::MemorySpace;
+  using moekit::TensorView;
+  moekit::io::MoeBlock<float> const& b = in.block;
+  std::int64_t const T = in.tokens, H = b.hidden, E = b.experts, I = b.intermediate, Is = b.shared_intermediate;
+  auto const narrow = [](std::vector<float> const& v) {
+    std::vector<bf16_t> o(v.size());
+    std::transform(v.begin(), v.end(), o.begin(), [](float f) { return bf16_t(f); });
+    return o;
+  };
+  auto const x = narrow(in.x);
+  auto const gate = narrow(b.gate), up = narrow(b.up), down = narrow(b.down);
+  auto const gate_bias = narrow(b.gate_bias), up_bias = narrow(b.up_bias), down_bias = narrow(b.down_bias);
+  auto const s_gate = narrow(b.shared_gate), s_up = narrow(b.shared_up), s_down = narrow(b.shared_down);
+  auto const s_vector = narrow(b.shared_gate_vector);
+  using View3 = TensorView<bf16_t const, 3, MemorySpace::device>;
+  using View2 = TensorView<bf16_t const, 2, MemorySpace::device>;
+  moekit::experts::ExpertArgs<bf16_t, bf16_t, float, MemorySpace::device> a;
+  a.x = View2::row_major(x.data(), {T, H});
+  a.ids = TensorView<int const, 2, MemorySpace::device>::row_major(r.ids.data(), {T, r.slots});
+  a.weights = TensorView<float const, 2, MemorySpace::device>::row_major(r.weights.data(), {T, r.slots});
+  a.experts.gate = View3::row_major(gate.data(), {E, I, H});
+  a.experts.up = View3::row_major(up.data(), {E, I, H});
+  a.experts.down = View3::row_major(down.data(), {E, H, I});
+  if (!gate_bias.empty()) {
+    a.experts.gate_bias = View2::row_major(gate_bias.data(), {E, I});
+    a.experts.up_bias = View2::row_major(up_bias.data(), {E, I});
+    a.experts.down_bias = View2::row_major(down_bias.data(), {E, H});
+  }
+  if (Is > 0) {
+    a.shared.weights.gate = View3::row_major(s_gate.data(), {1, Is, H});
+    a.shared.weights.up = View3::row_major(s_up.data(), {1, Is, H});
+    a.shared.weights.down = View3::row_major(s_down.data(), {1, H, Is});
+    if (!s_vector.empty()) {
+      a.shared.gate = TensorView<bf16_t const, 1, MemorySpace::device>::row_major(s_vector.data(), {H});
+    }
+  }
+  y.assign(static_cast<std::size_t>(T * H), 0.f);
+  a.y = TensorView<float, 2, MemorySpace::device>::row_major(y.data(), {T, H});
+  moekit::experts::ExpertProblem p;
+  p.tokens = T;
+  p.hidden = H;
+  p.intermediate = I;
+  p.slots = r.slots;
+  p.table = moekit::experts::all_computed(static_cast<int>(E));
+  p.shared_intermediate = Is;
+  p.position = b.position;
+  bool const decode = T <= 64;  // MoeLayer's AdaptiveConfig rule
+  std::size_t const bytes =
+      decode ? moekit::kernels::expert_stage_workspace_size<moekit::kernels::DecodeConfig, bf16_t>(p)
+             : moekit::kernels::expert_stage_workspace_size<moekit::kernels::PrefillConfig, bf16_t>(p);
+  std::size_t const alignment = moekit::Workspace::default_alignment;
+  std::vector<std::byte> storage(bytes + alignment);
+  void* base = storage.data();
+  std::size_t space = storage.size();
+  base = std::align(alignment, bytes, base, space);
+  moekit::Workspace ws(base, bytes);
+  moekit::Diagnostics diagnostics{};
+  return decode
+             ? moekit::kernels::run_expert_stage<moekit::kernels::DecodeConfig>(expert, p, a, ws, &diagnostics, nullptr)
+             : moekit::kernels::run_expert_stage<moekit::kernels::PrefillConfig>(expert, p, a, ws, &diagnostics,
+                                                                                 nullptr);
+}
+
+std::optional<Failure> experts_stage(Inputs const& in, Routing const& r, unsigned threads, bool emulate,
+                                     std::vector<float>& y) {
   moekit::io::MoeBlock<float> const& b = in.block;
   Status s = Status::ok;
   if (b.function == moekit::io::HfExpertFunction::clamped_swiglu) {
-    moekit::experts::ClampedSwiglu<float> expert{};
-    expert.alpha = b.swiglu_alpha;
-    expert.limit = b.swiglu_limit;
-    s = run_experts(expert, in, r, threads, y);
+    if (emulate) {
+      s = run_experts_emulated(moekit::experts::ClampedSwiglu<moekit::bf16_t>{b.swiglu_alpha, b.swiglu_limit}, in, r,
+                               y);
+    } else {
+      s = run_experts(moekit::experts::ClampedSwiglu<float>{b.swiglu_alpha, b.swiglu_limit}, in, r, threads, y);
+    }
+  } else if (emulate) {
+    s = run_experts_emulated(moekit::experts::SwiGlu<moekit::bf16_t>{}, in, r, y);
   } else {
     s = run_experts(moekit::experts::SwiGlu<float>{}, in, r, threads, y);
   }
@@ -422,7 +503,7 @@ std::optional<Failure> run(int argc, char** argv) {
     return f;
   }
   std::vector<float> y;
-  if (auto f = experts_stage(in, routed, static_cast<unsigned>(o.threads), y)) {
+  if (auto f = experts_stage(in, routed, static_cast<unsigned>(o.threads), o.emulate, y)) {
     return f;
   }
   std::int64_t const T = in.tokens;

@@ -2,9 +2,12 @@
 // H = 1024, I = 3584, E = 8, K = 2, SwiGLU, bf16 activations, weights and output.
 //
 //   experts/<T>/<threads>     cpu::run_experts, T ∈ {1, 16, 128}, 1 or 2 threads
+//   quantized/<T>/<threads>/<bits>  the same layer's weights quantised (moekit's quantiser,
+//                             asymmetric, G = 128) to int4 or int8: Quantized<SwiGlu<bf16_t>>
 //   reference/16              host::reference_moe_combine (double, loads every expert each call)
 // Counters: flops (useful: 2·3·H·I per routed assignment, GEMMs only) and weight_bytes (the
-// distinct expert weights the call reads, each once) as rates.
+// distinct expert weights the call reads, each once: bf16, or codes + fp32 scales + zero points)
+// as rates.
 //
 // Inputs are deterministic: splitmix64 hashes mapped to small multiples of powers of two.
 
@@ -14,6 +17,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
 #include <memory>
 #include <span>
 #include <string>
@@ -22,6 +26,8 @@
 #include "bench_inputs.hpp"
 
 #include "moekit/experts/gated_mlp.hpp"
+#include "moekit/experts/quantize.hpp"
+#include "moekit/experts/quantized.hpp"
 #include "moekit/host/expert_reference.hpp"
 
 namespace {
@@ -63,6 +69,39 @@ Layer const& layer() {
   return l;
 }
 
+// layer() quantised to `bits` bits per weight (every expert), asymmetric, G = 128.
+struct QuantizedLayer {
+  experts::QuantizedTensor gate, up, down;
+  explicit QuantizedLayer(int bits) {
+    std::vector<int> const b(num_experts, bits);
+    experts::QuantizeOptions const o{.group = 128, .scheme = experts::QuantScheme::asymmetric};
+    auto const w = layer().views();
+    if (!experts::quantize_experts(w.gate, b, o, gate) || !experts::quantize_experts(w.up, b, o, up) ||
+        !experts::quantize_experts(w.down, b, o, down)) {
+      std::abort();
+    }
+  }
+  experts::QuantizedMlpWeights<MemorySpace::host> views() const {
+    return {gate.view(), up.view(), down.view(), {}, {}, {}};
+  }
+  // Bytes of one expert's three projections: codes, scales, zero points.
+  double expert_bytes() const {
+    auto const one = [](experts::QuantizedTensor const& q) {
+      return double(q.data.size() + q.scales.size() * sizeof(float) + q.zeros.size()) / double(q.experts);
+    };
+    return one(gate) + one(up) + one(down);
+  }
+};
+
+QuantizedLayer const& quantized_layer(int bits) {
+  if (bits == 4) {
+    static QuantizedLayer const int4(4);  // built on first use: quantising the layer takes seconds
+    return int4;
+  }
+  static QuantizedLayer const int8(8);
+  return int8;
+}
+
 struct Batch {
   std::int64_t tokens;
   std::vector<bf16_t> x, y;
@@ -98,15 +137,16 @@ struct Batch {
             {},
             HostTensor<bf16_t, 2>::row_major(y.data(), {tokens, hidden})};
   }
-  // Useful GEMM flops and the distinct weight bytes one call reads.
-  void set_counters(benchmark::State& state) const {
+  // Useful GEMM flops and the distinct weight bytes one call reads (expert_bytes per expert).
+  void set_counters(benchmark::State& state,
+                    double expert_bytes = 3.0 * hidden * inter * double(sizeof(bf16_t))) const {
     std::vector<bool> used(num_experts, false);
     for (int id : ids) {
       used[std::size_t(id)] = true;
     }
     double bytes = 0;
     for (bool u : used) {
-      bytes += u ? 3.0 * hidden * inter * sizeof(bf16_t) : 0.0;
+      bytes += u ? expert_bytes : 0.0;
     }
     double const flops = 2.0 * 3.0 * hidden * inter * double(tokens * slots);
     auto const iterations = double(state.iterations());
@@ -115,18 +155,17 @@ struct Batch {
   }
 };
 
-void run_executor(benchmark::State& state) {
-  Batch b(state.range(0));
+// Times cpu::run_experts(policy, ..., args) on batch b.
+template <class P, class Args>
+void time_executor(benchmark::State& state, Batch& b, P const& policy, Args const& args) {
   auto const threads = static_cast<unsigned>(state.range(1));
   cpu::ThreadPool pool(threads);
-  Policy const policy;
   auto const p = b.problem();
-  std::size_t const bytes = cpu::experts_workspace_size<Policy, bf16_t, bf16_t>(policy, p);
+  std::size_t const bytes = cpu::experts_workspace_size<P, bf16_t, bf16_t>(policy, p);
   std::unique_ptr<std::byte[]> storage(new std::byte[bytes + Workspace::default_alignment]);
   void* base = storage.get();
   std::size_t space = bytes + Workspace::default_alignment;
   std::align(Workspace::default_alignment, bytes, base, space);
-  auto const args = b.args();
   for (auto _ : state) {
     Workspace ws(base, bytes);
     if (!cpu::run_experts(policy, p, args, ws, nullptr, &pool)) {
@@ -136,7 +175,26 @@ void run_executor(benchmark::State& state) {
     benchmark::DoNotOptimize(b.y.data());
     benchmark::ClobberMemory();
   }
+}
+
+void run_executor(benchmark::State& state) {
+  Batch b(state.range(0));
+  time_executor(state, b, Policy{}, b.args());
   b.set_counters(state);
+}
+
+void run_quantized(benchmark::State& state) {
+  Batch b(state.range(0));
+  QuantizedLayer const& q = quantized_layer(static_cast<int>(state.range(2)));
+  auto const dense = b.args();
+  experts::ExpertArgs<bf16_t, experts::Quantized<Policy>::Element, bf16_t, MemorySpace::host> args;
+  args.x = dense.x;
+  args.ids = dense.ids;
+  args.weights = dense.weights;
+  args.experts = q.views();
+  args.y = dense.y;
+  time_executor(state, b, experts::Quantized<Policy>{}, args);
+  b.set_counters(state, q.expert_bytes());
 }
 
 void run_reference(benchmark::State& state) {
@@ -173,6 +231,15 @@ int main(int argc, char** argv) {
     }
   }
   executor->Unit(benchmark::kMillisecond)->UseRealTime();
+  auto* quantized = benchmark::RegisterBenchmark("quantized", run_quantized)->ArgNames({"T", "threads", "bits"});
+  for (std::int64_t bits : {4, 8}) {
+    for (std::int64_t t : {1, 16, 128}) {
+      for (std::int64_t threads : {1, 2}) {
+        quantized->Args({t, threads, bits});
+      }
+    }
+  }
+  quantized->Unit(benchmark::kMillisecond)->UseRealTime();
   benchmark::RegisterBenchmark("reference", run_reference)
       ->ArgNames({"T"})
       ->Arg(16)

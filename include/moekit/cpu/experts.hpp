@@ -1,6 +1,7 @@
 #pragma once
 // The CPU executor's expert stage: dispatch → the experts' two GEMMs → combine, for any Expert
-// policy, activations X and weights E::Element in {float, bf16, fp16}, output Y in {float, X}.
+// policy, activations X and weights E::Element in {float, bf16, fp16} or quantised (below),
+// output Y in {float, X}.
 //
 //   0. plan     cpu::build_plan over all E = table.num_experts() ids, tiles of 16 rows: rows
 //               grouped by expert in (token, slot) order, capacity drops and ids outside
@@ -18,6 +19,13 @@
 // one item in an order fixed by the plan (never by the schedule), so y is bit-identical for any
 // thread count. CombineMode::atomic runs the deterministic combine: on the CPU it costs nothing.
 //
+// Quantized<Base> experts (experts/quantized.hpp): X is float or Base's Compute type. Each work
+// item dequantises the few weight rows it multiplies (experts::dequantize_run's bits, to fp32,
+// AVX2 for b ∈ {1, 2, 3, 4, 8}: detail/dequantize.hpp; the CPU
+// keeps fp32 operands and never rounds the weights to Compute) into a 6 KiB panel on its
+// thread's stack, K-block by K-block, just before the microkernel reads them
+// (detail::gemm_nt_dequantized). The shared expert stays dense in Compute.
+//
 // Everything lives in the caller's workspace (experts_workspace_size), carved by one routine in
 // the size query and the run; nothing is allocated on the call path. T = 0 returns after the
 // argument checks (y is empty; no plan, nothing counted). NaN in x propagates (no value check).
@@ -34,11 +42,13 @@
 #include "moekit/core/status.hpp"
 #include "moekit/core/tensor_view.hpp"
 #include "moekit/core/workspace.hpp"
+#include "moekit/cpu/detail/dequantize.hpp"
 #include "moekit/cpu/detail/expert_gemm.hpp"
 #include "moekit/cpu/plan.hpp"
 #include "moekit/cpu/thread_pool.hpp"
 #include "moekit/experts/concept.hpp"
 #include "moekit/experts/expert_args.hpp"
+#include "moekit/experts/quantized.hpp"
 #include "moekit/plan/dispatch_plan.hpp"
 
 MOEKIT_NAMESPACE_BEGIN
@@ -106,9 +116,17 @@ template <class T>
   return widen_weight(v);
 }
 
-// One run's phases; each member function is one parallel_for item.
+enum class Projection { gate, up, down };
+
+// One run's phases; each member function is one parallel_for item. W is a dense element or a
+// QuantizedElement: then the routed experts' rows are dequantised to fp32 into a per-thread
+// panel as the microkernel needs them (gemm_nt_dequantized), and the shared expert stays dense.
 template <class Ex, class X, class W, class Y>
 struct ExpertsRun {
+  using Weights = experts::WeightsOf<W, MemorySpace::host>;
+  using Dense = typename Weights::dense;
+  static constexpr bool quantized = Weights::quantized;
+
   Ex const& expert;
   experts::ExpertProblem const& p;
   experts::ExpertArgs<X, W, Y, MemorySpace::host> const& a;
@@ -122,7 +140,8 @@ struct ExpertsRun {
     std::int64_t rows = 0;         // 0: nothing to compute (zero/identity expert, all padding)
     std::int64_t first_token = 0;  // shared tiles: token of row0
     bool routed = true;
-    experts::MlpWeights<W, MemorySpace::host> const* weights = nullptr;
+    experts::MlpWeights<Dense, MemorySpace::host> const* dense = nullptr;    // dense routed or shared
+    experts::QuantizedMlpWeights<MemorySpace::host> const* codes = nullptr;  // quantised routed
     std::int64_t expert = 0;
     std::int64_t inter = 0;
     float* hidden = nullptr;  // this tile's rows of the hidden buffer
@@ -140,7 +159,11 @@ struct ExpertsRun {
       while (t.rows < expert_tile_rows && ws.plan.row_assignment[t.row0 + t.rows] >= 0) {
         ++t.rows;  // padding rows (-1) come last in a tile
       }
-      t.weights = &a.experts;
+      if constexpr (quantized) {
+        t.codes = &a.experts;
+      } else {
+        t.dense = &a.experts;
+      }
       t.expert = e;
       t.inter = p.intermediate;
       t.hidden = ws.hidden + t.row0 * l.ldi;
@@ -152,11 +175,48 @@ struct ExpertsRun {
     t.first_token = s * expert_tile_rows;
     t.row0 = l.max_rows + t.first_token;
     t.rows = std::min<std::int64_t>(expert_tile_rows, p.tokens - t.first_token);
-    t.weights = &a.shared.weights;
+    t.dense = &a.shared.weights;
     t.inter = p.shared_intermediate;
     t.hidden = ws.hidden + l.max_rows * l.ldi + t.first_token * l.ldis;
     t.ldi = l.ldis;
     return t;
+  }
+
+  // c[r, j] = Σ_k act[r, k] · W[row0 + j, k] for the tile's rows and j < cols, W the tile's
+  // projection `which` (n = its input size).
+  void project(Tile const& t, Projection which, std::int64_t row0, std::int64_t cols, std::int64_t n, float const* act,
+               std::int64_t lda, float* c, std::int64_t ldc) const noexcept {
+    if constexpr (quantized) {
+      if (t.codes != nullptr) {
+        auto const& q = which == Projection::gate ? t.codes->gate
+                        : which == Projection::up ? t.codes->up
+                                                  : t.codes->down;
+        int const bits = q.bits_of(t.expert);
+        auto const dequant = [&q, &t, bits, row0](std::int64_t j, std::int64_t k0, std::int64_t kn, float* out) {
+          std::int64_t const r = row0 + j;
+          dequantize_run_f32(q.row(t.expert, r), bits, k0, kn, q.row_scales(t.expert, r), q.row_zeros(t.expert, r),
+                             q.group, out);
+        };
+        gemm_nt_dequantized(t.rows, cols, n, act, lda, dequant, c, ldc);
+        return;
+      }
+    }
+    auto const& d = which == Projection::gate ? t.dense->gate : which == Projection::up ? t.dense->up : t.dense->down;
+    gemm_nt(t.rows, cols, n, act, lda, d.pointer(t.expert, row0, 0), d.stride(1), c, ldc);
+  }
+
+  // Element i of the tile's bias of projection `which`, 0 when absent.
+  [[nodiscard]] float bias(Tile const& t, Projection which, std::int64_t i) const noexcept {
+    auto const of = [&](auto const& w) {
+      auto const& b = which == Projection::gate ? w.gate_bias : which == Projection::up ? w.up_bias : w.down_bias;
+      return b.data != nullptr ? widen(*b.pointer(t.expert, i)) : 0.0f;
+    };
+    if constexpr (quantized) {
+      if (t.codes != nullptr) {
+        return of(*t.codes);
+      }
+    }
+    return of(*t.dense);
   }
 
   [[nodiscard]] float routing_weight(std::int64_t row) const noexcept {
@@ -207,20 +267,17 @@ struct ExpertsRun {
     }
     std::int64_t const m0 = chunk * expert_column_chunk;
     std::int64_t const cols = std::min(expert_column_chunk, t.inter - m0);
-    auto const& w = *t.weights;
     float const* panel = ws.panel + t.row0 * l.ldh;
     float g[expert_tile_rows * expert_column_chunk];
     float u[expert_tile_rows * expert_column_chunk];
     constexpr bool gated = Ex::shape == experts::ExpertShape::gated;
     if constexpr (gated) {
-      gemm_nt(t.rows, cols, p.hidden, panel, l.ldh, w.gate.pointer(t.expert, m0, 0), w.gate.stride(1), g,
-              expert_column_chunk);
+      project(t, Projection::gate, m0, cols, p.hidden, panel, l.ldh, g, expert_column_chunk);
     }
-    gemm_nt(t.rows, cols, p.hidden, panel, l.ldh, w.up.pointer(t.expert, m0, 0), w.up.stride(1), u,
-            expert_column_chunk);
+    project(t, Projection::up, m0, cols, p.hidden, panel, l.ldh, u, expert_column_chunk);
     for (std::int64_t c = 0; c < cols; ++c) {
-      float const bg = gated && w.gate_bias.data != nullptr ? widen(*w.gate_bias.pointer(t.expert, m0 + c)) : 0.0f;
-      float const bu = w.up_bias.data != nullptr ? widen(*w.up_bias.pointer(t.expert, m0 + c)) : 0.0f;
+      float const bg = gated ? bias(t, Projection::gate, m0 + c) : 0.0f;
+      float const bu = bias(t, Projection::up, m0 + c);
       for (std::int64_t r = 0; r < t.rows; ++r) {
         float const gv = gated ? g[r * expert_column_chunk + c] + bg : 0.0f;
         t.hidden[r * t.ldi + m0 + c] = expert.hidden_unit(gv, u[r * expert_column_chunk + c] + bu);
@@ -240,14 +297,13 @@ struct ExpertsRun {
     }
     std::int64_t const n0 = item % chunks * expert_column_chunk;
     std::int64_t const cols = std::min(expert_column_chunk, p.hidden - n0);
-    auto const& w = *t.weights;
     float* out = ws.out + t.row0 * l.ldh + n0;
-    gemm_nt(t.rows, cols, t.inter, t.hidden, t.ldi, w.down.pointer(t.expert, n0, 0), w.down.stride(1), out, l.ldh);
+    project(t, Projection::down, n0, cols, t.inter, t.hidden, t.ldi, out, l.ldh);
     bool const scale = t.routed && p.position == experts::WeightPosition::after_expert;
     for (std::int64_t r = 0; r < t.rows; ++r) {
       float const s = scale ? routing_weight(t.row0 + r) : 1.0f;
       for (std::int64_t c = 0; c < cols; ++c) {
-        float const b = w.down_bias.data != nullptr ? widen(*w.down_bias.pointer(t.expert, n0 + c)) : 0.0f;
+        float const b = bias(t, Projection::down, n0 + c);
         float const o = out[r * l.ldh + c] + b;
         out[r * l.ldh + c] = scale ? s * o : o;
       }
@@ -333,6 +389,9 @@ template <experts::Expert E, class X, class Y>
                                  Workspace& workspace, Diagnostics* diagnostics, ThreadPool* pool) {
   static_assert(experts::DenseElement<X>, "cpu::run_experts: activations must be float, bf16_t or fp16_t");
   static_assert(std::same_as<Y, float> || std::same_as<Y, X>, "cpu::run_experts: the output is float or X");
+  using Weights = experts::WeightsOf<typename E::Element, MemorySpace::host>;
+  static_assert(!Weights::quantized || std::same_as<X, float> || std::same_as<X, typename Weights::dense>,
+                "cpu::run_experts: with quantised experts the activations are float or the policy's Compute type");
   if (Status s = experts::check_expert_args(expert, p, args); !s) {
     return s;
   }

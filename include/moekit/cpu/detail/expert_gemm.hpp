@@ -134,5 +134,52 @@ void gemm_nt(std::int64_t rows, std::int64_t columns, std::int64_t n, float cons
   }
 }
 
+// Elements per K-block of gemm_nt_dequantized's weight panel: 3 rows × 512 floats = 6 KiB on the
+// stack beside the activations' L1 working set (a multiple of every group size and of 8).
+inline constexpr std::int64_t dequant_block = 512;
+
+// gemm_nt over weights that exist only as codes: per block of 3 weight rows and K-block of
+// dequant_block, dequant(j, k0, kn, out) writes row j's elements k0 .. k0+kn−1 as fp32 into a
+// stack panel, which every block of 4 activation rows then consumes (rows is a tile: ≤ 16, so
+// the panel is reused up to 4 times). The panel lives on the calling thread's stack, like the
+// executor's other per-item scratch: no allocation, one panel per thread whatever the pool size.
+// n must be a multiple of 8. Summation order: dot_block's within a K-block, then the K-blocks'
+// partial sums added in ascending k (a single block for n ≤ dequant_block: gemm_nt's order).
+template <class Dequant>
+void gemm_nt_dequantized(std::int64_t rows, std::int64_t columns, std::int64_t n, float const* a, std::int64_t lda,
+                         Dequant const& dequant, float* c, std::int64_t ldc) noexcept {
+  float panel[gemm_columns * dequant_block];
+  float part[gemm_rows * gemm_columns];
+  for (std::int64_t j = 0; j < columns; j += gemm_columns) {
+    int const jn = static_cast<int>(columns - j < gemm_columns ? columns - j : gemm_columns);
+    for (std::int64_t k0 = 0; k0 < n; k0 += dequant_block) {
+      std::int64_t const kn = n - k0 < dequant_block ? n - k0 : dequant_block;
+      for (int jj = 0; jj < jn; ++jj) {
+        dequant(j + jj, k0, kn, panel + jj * dequant_block);
+      }
+      for (std::int64_t r = 0; r < rows; r += gemm_rows) {
+        int const rn = static_cast<int>(rows - r < gemm_rows ? rows - r : gemm_rows);
+        float const* ar = a + r * lda + k0;
+        float* cr = c + r * ldc + j;
+        float* dst = k0 == 0 ? cr : part;
+        std::int64_t const ldd = k0 == 0 ? ldc : gemm_columns;
+        switch (rn) {
+          case 1: dot_block_rows<1>(jn, ar, lda, panel, dequant_block, kn, dst, ldd); break;
+          case 2: dot_block_rows<2>(jn, ar, lda, panel, dequant_block, kn, dst, ldd); break;
+          case 3: dot_block_rows<3>(jn, ar, lda, panel, dequant_block, kn, dst, ldd); break;
+          default: dot_block_rows<4>(jn, ar, lda, panel, dequant_block, kn, dst, ldd); break;
+        }
+        if (k0 > 0) {
+          for (int rr = 0; rr < rn; ++rr) {
+            for (int jj = 0; jj < jn; ++jj) {
+              cr[rr * ldc + jj] += part[rr * gemm_columns + jj];
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
 }  // namespace cpu::detail
 MOEKIT_NAMESPACE_END

@@ -6,9 +6,6 @@
 #include "moekit/experts/plain_mlp.hpp"
 #include "moekit/experts/quantized.hpp"
 #include "moekit/kernels/expert_stage.hpp"
-#include "moekit/kernels/fused_layer.hpp"
-#include "moekit/routing/grouped_top_k.hpp"
-#include "moekit/routing/top_k.hpp"
 
 namespace moekit::kernels {
 
@@ -19,8 +16,6 @@ namespace moekit::kernels {
 
 MOEKIT_EXPERT_STAGE(PrefillConfig, experts::SwiGlu<bf16_t>, bf16_t, bf16_t)
 MOEKIT_EXPERT_STAGE(PrefillConfig, experts::SwiGlu<bf16_t>, bf16_t, float)
-MOEKIT_EXPERT_STAGE(PrefillConfig, experts::GeGlu<bf16_t>, bf16_t, bf16_t)
-MOEKIT_EXPERT_STAGE(PrefillConfig, experts::GeGluTanh<bf16_t>, bf16_t, bf16_t)
 MOEKIT_EXPERT_STAGE(PrefillConfig, experts::ReluMlp<bf16_t>, bf16_t, bf16_t)
 MOEKIT_EXPERT_STAGE(PrefillConfig, experts::ClampedSwiglu<bf16_t>, bf16_t, bf16_t)
 MOEKIT_EXPERT_STAGE(PrefillConfig, experts::SwiGlu<fp16_t>, fp16_t, fp16_t)
@@ -33,27 +28,7 @@ template Status run_expert_stage<PrefillConfig, experts::Quantized<experts::SwiG
     experts::Quantized<experts::SwiGlu<bf16_t>> const&, experts::ExpertProblem const&,
     experts::ExpertArgs<bf16_t, experts::QuantizedElement<bf16_t>, bf16_t, MemorySpace::device> const&, Workspace&,
     Diagnostics*, arch::Stream, LaunchOptions const&);
-template Status run_expert_stage<DecodeConfig, experts::Quantized<experts::SwiGlu<bf16_t>>, bf16_t, bf16_t>(
-    experts::Quantized<experts::SwiGlu<bf16_t>> const&, experts::ExpertProblem const&,
-    experts::ExpertArgs<bf16_t, experts::QuantizedElement<bf16_t>, bf16_t, MemorySpace::device> const&, Workspace&,
-    Diagnostics*, arch::Stream, LaunchOptions const&);
 
 #undef MOEKIT_EXPERT_STAGE
-
-// The fused single-launch layer: Mixtral/Qwen-style (TopK) and DeepSeek-style (GroupedTopK) routers.
-#define MOEKIT_FUSED_LAYER(Cfg, Router, Policy, X, Y) \
-  template Status run_fused_layer<Cfg, Router, Policy, X, Y>( \
-      Router const&, Policy const&, experts::ExpertProblem const&, \
-      routing::GateProjectionBuffers<X, X, MemorySpace::device> const&, \
-      routing::RouteBuffers<MemorySpace::device> const&, experts::ExpertArgs<X, X, Y, MemorySpace::device> const&, \
-      Workspace&, Diagnostics*, arch::Stream, LaunchOptions const&);
-
-MOEKIT_FUSED_LAYER(PrefillConfig, routing::TopK<8>, experts::SwiGlu<bf16_t>, bf16_t, bf16_t)
-MOEKIT_FUSED_LAYER(DecodeConfig, routing::TopK<8>, experts::SwiGlu<bf16_t>, bf16_t, bf16_t)
-MOEKIT_FUSED_LAYER(PrefillConfig, routing::GroupedTopK<8>, experts::SwiGlu<bf16_t>, bf16_t, bf16_t)
-MOEKIT_FUSED_LAYER(DecodeConfig, routing::GroupedTopK<8>, experts::SwiGlu<bf16_t>, bf16_t, bf16_t)
-MOEKIT_FUSED_LAYER(DecodeConfig, routing::TopK<8>, experts::ClampedSwiglu<bf16_t>, bf16_t, bf16_t)
-
-#undef MOEKIT_FUSED_LAYER
 
 }  // namespace moekit::kernels

@@ -216,6 +216,16 @@ TEST_CASE("expert stage: sizes", "[experts][emu]") {
     s.table = experts::all_computed(256);
     check_case<kernels::DecodeConfig, float>(experts::SwiGlu<T>{}, expert_case::make_case<T, T>(s));
   }
+  SECTION("T = 2048, 16 experts, K = 2 (a prefill batch; small H and I keep the emulator quick)") {
+    Shape s = small_shape(7);
+    s.tokens = 2048;
+    s.hidden = 24;
+    s.inter = 20;
+    s.slots = 2;
+    s.table = experts::all_computed(16);
+    s.shared_inter = 16;
+    check_case<kernels::PrefillConfig, float>(experts::SwiGlu<T>{}, expert_case::make_case<T, T>(s), 1, 8);
+  }
   SECTION("several tiles per expert and K slices (T = 300)") {
     Shape s = small_shape(6);
     s.tokens = 300;

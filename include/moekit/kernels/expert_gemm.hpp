@@ -296,6 +296,26 @@ MOEKIT_DEVICE void load_row_table(GemmStorage<Cfg, NumB, T>& s, RowSource const&
   arch::sync_threads();
 }
 
+// The grid-stride loop over work items (tile of the plan, block_n output columns) shared by both
+// GEMMs: consecutive items share a tile (its rows stay in L2); tiles of experts >= computed
+// (zero, identity) are skipped, uniformly across the block; the row table is loaded for f.
+template <class Cfg, int NumB, class T, class F>
+MOEKIT_DEVICE void for_each_work_item(GemmStorage<Cfg, NumB, T>& s, RowSource const& rows, std::int64_t columns,
+                                      int computed, F const& f) {
+  std::int64_t const n_blocks = (columns + Cfg::block_n - 1) / Cfg::block_n;
+  std::int64_t const items = rows.tiles(Cfg::block_m) * n_blocks;
+  for (std::int64_t item = arch::block_rank(); item < items; item += arch::grid_dim().x) {
+    std::int64_t const tile = item / n_blocks;
+    int const e = rows.expert_of(tile);
+    if (e >= computed) {
+      continue;
+    }
+    std::int64_t const first_row = rows.first_row(tile, Cfg::block_m);
+    load_row_table(s, rows, first_row);
+    f(e, first_row, item % n_blocks * Cfg::block_n);
+  }
+}
+
 }  // namespace detail
 
 template <class Expert, class X>
@@ -321,17 +341,7 @@ MOEKIT_DEVICE void expert_up_phase(UpParams<Expert, X> const& p) {
   constexpr bool gated = Expert::shape == experts::ExpertShape::gated;
   constexpr int NumB = gated ? 2 : 1;
   auto& s = arch::shared_storage<GemmStorage<Cfg, NumB, X>>();
-  std::int64_t const n_blocks = (p.inter + Cfg::block_n - 1) / Cfg::block_n;
-  std::int64_t const items = p.rows.tiles(Cfg::block_m) * n_blocks;
-  for (std::int64_t item = arch::block_rank(); item < items; item += arch::grid_dim().x) {
-    std::int64_t const tile = item / n_blocks;
-    std::int64_t const n0 = item % n_blocks * Cfg::block_n;
-    int const e = p.rows.expert_of(tile);
-    if (e >= p.computed) {
-      continue;  // zero / identity expert: no GEMM (uniform across the block)
-    }
-    std::int64_t const first_row = p.rows.first_row(tile, Cfg::block_m);
-    detail::load_row_table(s, p.rows, first_row);
+  detail::for_each_work_item<Cfg>(s, p.rows, p.inter, p.computed, [&](int e, std::int64_t first_row, std::int64_t n0) {
     using Matrices = typename GemmOperands<typename Expert::Element, X>::Matrices;
     Matrices const mats[2] = {gated ? p.gate : p.up, p.up};
     auto const load_a = [&](std::int64_t k0, int stage) {
@@ -368,7 +378,7 @@ MOEKIT_DEVICE void expert_up_phase(UpParams<Expert, X> const& p) {
       float const hv = gated ? p.expert.hidden_unit(v[0], v[1]) : p.expert.hidden_unit(0.0f, v[0]);
       p.h[row * p.h_stride + n] = X(hv);
     });
-  }
+  });
 }
 
 template <class Cfg, class Expert, class X>
@@ -394,17 +404,7 @@ struct DownParams {
 template <class Cfg, class Expert, class X>
 MOEKIT_DEVICE void expert_down_phase(DownParams<Expert, X> const& p) {
   auto& s = arch::shared_storage<GemmStorage<Cfg, 1, X>>();
-  std::int64_t const n_blocks = (p.hidden + Cfg::block_n - 1) / Cfg::block_n;
-  std::int64_t const items = p.rows.tiles(Cfg::block_m) * n_blocks;
-  for (std::int64_t item = arch::block_rank(); item < items; item += arch::grid_dim().x) {
-    std::int64_t const tile = item / n_blocks;
-    std::int64_t const n0 = item % n_blocks * Cfg::block_n;
-    int const e = p.rows.expert_of(tile);
-    if (e >= p.computed) {
-      continue;
-    }
-    std::int64_t const first_row = p.rows.first_row(tile, Cfg::block_m);
-    detail::load_row_table(s, p.rows, first_row);
+  detail::for_each_work_item<Cfg>(s, p.rows, p.hidden, p.computed, [&](int e, std::int64_t first_row, std::int64_t n0) {
     auto const one = [](int) { return 1.0f; };
     auto const load_a = [&](std::int64_t k0, int stage) {
       auto const row = [&](int r) -> X const* {
@@ -442,7 +442,7 @@ MOEKIT_DEVICE void expert_down_phase(DownParams<Expert, X> const& p) {
         p.out[row * p.hidden + n] = o;
       }
     });
-  }
+  });
 }
 
 // Zeroes n floats, grid-stride (the atomic combine's accumulator, before the down GEMM).

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <memory>
 #include <random>
 #include <span>
 #include <vector>
@@ -16,6 +17,7 @@
 
 #include "moekit/core/float16.hpp"
 #include "moekit/core/tensor_view.hpp"
+#include "moekit/core/workspace.hpp"
 #include "moekit/experts/activation.hpp"
 #include "moekit/experts/clamped_swiglu.hpp"
 #include "moekit/experts/expert_args.hpp"
@@ -29,6 +31,33 @@ using moekit::HostTensor;
 using moekit::MemorySpace;
 namespace experts = moekit::experts;
 namespace host = moekit::host;
+
+// One rounding to T, relative: bf16 2^-8, fp16 2^-11, fp32 2^-24.
+template <class T>
+constexpr double unit_roundoff() {
+  if constexpr (std::is_same_v<T, moekit::bf16_t>) {
+    return 0x1p-8;
+  } else if constexpr (std::is_same_v<T, moekit::fp16_t>) {
+    return 0x1p-11;
+  } else {
+    return 0x1p-24;
+  }
+}
+
+// A workspace of n bytes aligned as Workspace::take expects (256 bytes); fresh() carves it anew.
+struct AlignedWorkspace {
+  std::vector<std::byte> buffer;
+  void* base = nullptr;
+  std::size_t space = 0;
+  moekit::Workspace w;
+  explicit AlignedWorkspace(std::size_t n) : buffer(n + moekit::Workspace::default_alignment) {
+    base = buffer.data();
+    space = buffer.size();
+    base = std::align(moekit::Workspace::default_alignment, 1, base, space);
+    w = moekit::Workspace(base, space);
+  }
+  [[nodiscard]] moekit::Workspace fresh() const { return moekit::Workspace(base, space); }
+};
 
 // The host reference's name for each activation / policy.
 template <class Act>

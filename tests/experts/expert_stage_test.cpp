@@ -32,17 +32,6 @@ using moekit::Status;
 namespace experts = moekit::experts;
 namespace kernels = moekit::kernels;
 
-template <class T>
-constexpr double unit_roundoff() {
-  if constexpr (std::is_same_v<T, bf16_t>) {
-    return std::ldexp(1.0, -8);
-  } else if constexpr (std::is_same_v<T, fp16_t>) {
-    return std::ldexp(1.0, -11);
-  } else {
-    return std::ldexp(1.0, -24);
-  }
-}
-
 template <class Y>
 struct Run {
   Status status = Status::ok;
@@ -61,13 +50,9 @@ Run<Y> run_device(Policy const& policy, Case<X, W> const& c, std::uint64_t seed,
   Run<Y> r;
   r.y.assign(static_cast<std::size_t>(c.shape.tokens * c.shape.hidden), Y(-7.0f));
   auto const p = c.problem();
-  std::vector<std::byte> ws(kernels::expert_stage_workspace_size<Cfg, X>(p) + 256);
-  void* base = ws.data();
-  std::size_t space = ws.size();
-  base = std::align(256, 1, base, space);
-  moekit::Workspace w(base, space);
-  r.status = kernels::run_expert_stage<Cfg>(policy, p, c.template args<Y, MemorySpace::device>(r.y), w, &r.diagnostics,
-                                            nullptr, kernels::LaunchOptions{max_blocks});
+  expert_case::AlignedWorkspace ws(kernels::expert_stage_workspace_size<Cfg, X>(p));
+  r.status = kernels::run_expert_stage<Cfg>(policy, p, c.template args<Y, MemorySpace::device>(r.y), ws.w,
+                                            &r.diagnostics, nullptr, kernels::LaunchOptions{max_blocks});
   return r;
 }
 
@@ -87,7 +72,8 @@ Run<Y> check_case(Policy const& policy, Case<X, W> const& c, std::uint64_t seed 
             << ", identity " << c.shape.table.identity << ") shared " << c.shape.shared_inter);
   INFO(moekit::last_error_message());
   REQUIRE(r.status == Status::ok);
-  auto const o = expert_case::oracle<X, W, Y>(c, policy, unit_roundoff<W>(), unit_roundoff<Y>());
+  auto const o =
+      expert_case::oracle<X, W, Y>(c, policy, expert_case::unit_roundoff<W>(), expert_case::unit_roundoff<Y>());
   expert_case::require_within(r.y, o);
   return r;
 }
@@ -173,8 +159,8 @@ TEST_CASE("expert stage: layer features", "[experts][emu]") {
     c.ids[3] = s.table.num_experts();
     c.ids[8] = s.table.num_experts();
     (void)bad;
-    auto const o =
-        expert_case::oracle<T, T, float>(c, experts::SwiGlu<T>{}, unit_roundoff<T>(), unit_roundoff<float>());
+    auto const o = expert_case::oracle<T, T, float>(c, experts::SwiGlu<T>{}, expert_case::unit_roundoff<T>(),
+                                                    expert_case::unit_roundoff<float>());
     expert_case::require_within(r.y, o);
   }
   SECTION("all tokens to one expert, and an expert with no tokens") {
@@ -255,18 +241,14 @@ TEST_CASE("expert stage: the atomic combine (non-deterministic order) stays with
     o.max_resident_blocks = 2;
     moekit::emu::ScopedLaunchOptions const guard(o);
     std::vector<float> y(static_cast<std::size_t>(s.tokens * s.hidden), -7.0f);
-    std::vector<std::byte> ws(kernels::expert_stage_workspace_size<kernels::PrefillConfig, T>(p) + 256);
-    void* base = ws.data();
-    std::size_t space = ws.size();
-    base = std::align(256, 1, base, space);
-    moekit::Workspace w(base, space);
+    expert_case::AlignedWorkspace ws(kernels::expert_stage_workspace_size<kernels::PrefillConfig, T>(p));
     Diagnostics d{};
     REQUIRE(kernels::run_expert_stage<kernels::PrefillConfig>(experts::SwiGlu<T>{}, p,
-                                                              c.args<float, MemorySpace::device>(y), w, &d, nullptr,
+                                                              c.args<float, MemorySpace::device>(y), ws.w, &d, nullptr,
                                                               kernels::LaunchOptions{blocks}) == Status::ok);
     REQUIRE(d.dropped_assignments > 0);
-    auto const o2 =
-        expert_case::oracle<T, T, float>(c, experts::SwiGlu<T>{}, unit_roundoff<T>(), unit_roundoff<float>());
+    auto const o2 = expert_case::oracle<T, T, float>(c, experts::SwiGlu<T>{}, expert_case::unit_roundoff<T>(),
+                                                     expert_case::unit_roundoff<float>());
     expert_case::require_within(y, o2);
   }
   // K times less workspace than the deterministic combine's [T·K, H] rows.

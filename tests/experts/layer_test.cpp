@@ -112,11 +112,8 @@ void check_layer(LayerCase<Router, Policy, X> const& l, bool device,
   INFO((device ? "device" : "cpu") << " T " << s.tokens << " H " << s.hidden << " I " << s.inter << " E "
                                    << s.table.num_experts() << " K " << l.router.slots());
   REQUIRE(Layer::template can_implement<X, Y>(l.router, {}, l.policy, p, device) == Status::ok);
-  std::vector<std::byte> buffer(Layer::template workspace_size<X, Y>(l.router, p, device) + 256);
-  void* base = buffer.data();
-  std::size_t space = buffer.size();
-  base = std::align(256, 1, base, space);
-  moekit::Workspace w(base, space);
+  expert_case::AlignedWorkspace buffer(Layer::template workspace_size<X, Y>(l.router, p, device));
+  moekit::Workspace w = buffer.fresh();
   std::vector<Y> y;
   std::vector<float> logits, weights;
   std::vector<int> ids;
@@ -136,7 +133,7 @@ void check_layer(LayerCase<Router, Policy, X> const& l, bool device,
       std::vector<float> logits2, weights2;
       std::vector<int> ids2;
       Diagnostics d2{};
-      moekit::Workspace w2(base, space);
+      moekit::Workspace w2 = buffer.fresh();
       auto const a2 = layer_args<Layer, X, Y, MemorySpace::device>(l, y2, logits2, ids2, weights2, &d2);
       INFO((launch == moekit::LayerLaunch::multi ? "multi-launch" : "fused, 3 blocks"));
       REQUIRE(Layer::run(l.router, {}, l.policy, p, a2, w2, nullptr, launch, moekit::kernels::LaunchOptions{blocks}) ==
@@ -210,10 +207,9 @@ void check_layer(LayerCase<Router, Policy, X> const& l, bool device,
   routed.ids = ids;
   routed.weights = weights;
   routed.shape.slots = static_cast<int>(K);
-  double const u16 = std::is_same_v<X, bf16_t> ? 0x1p-8 : 0x1p-24;
   // The CPU executor keeps h in fp32: its bound uses fp32's unit roundoff for h.
-  double const u_h = device ? u16 : 0x1p-24;
-  double const u_y = std::is_same_v<Y, bf16_t> ? 0x1p-8 : 0x1p-24;
+  double const u_h = device ? expert_case::unit_roundoff<X>() : expert_case::unit_roundoff<float>();
+  double const u_y = expert_case::unit_roundoff<Y>();
   auto const o = expert_case::oracle<X, X, Y>(routed, l.policy, u_h, u_y);
   expert_case::require_within(y, o);
   if (!other_y.empty()) {

@@ -62,17 +62,6 @@ constexpr double u32 = 0x1p-24;
 double gamma(std::int64_t n) { return double(n + 4) * u32; }
 
 template <class T>
-constexpr double unit_roundoff() {
-  if constexpr (std::is_same_v<T, bf16_t>) {
-    return 0x1p-8;
-  } else if constexpr (std::is_same_v<T, fp16_t>) {
-    return 0x1p-11;
-  } else {
-    return 0x1p-24;
-  }
-}
-
-template <class T>
 double widen(T v) {
   return double(moekit::to_float(v));
 }
@@ -192,18 +181,6 @@ void require_within(std::vector<Y> const& got, Oracle const& o) {
   REQUIRE(worst <= 1.0);
 }
 
-// A 256-byte aligned workspace of n bytes.
-struct AlignedWorkspace {
-  std::vector<std::byte> buffer;
-  moekit::Workspace w;
-  explicit AlignedWorkspace(std::size_t n) : buffer(n + 256) {
-    void* base = buffer.data();
-    std::size_t space = buffer.size();
-    base = std::align(256, 1, base, space);
-    w = moekit::Workspace(base, space);
-  }
-};
-
 // Emulated launches: a shuffled schedule, racecheck and initcheck on, 2 resident blocks.
 moekit::emu::LaunchOptions checked_launches(std::uint64_t schedule_seed) {
   moekit::emu::LaunchOptions o;
@@ -219,7 +196,7 @@ Status run_device(experts::LoraExpert<T> const& expert, Case<T, T> const& c, std
   moekit::emu::ScopedLaunchOptions const guard(checked_launches(3));
   y.assign(static_cast<std::size_t>(c.shape.tokens * c.shape.hidden), Y(-7.0f));
   auto const p = c.problem();
-  AlignedWorkspace ws(kernels::expert_stage_workspace_size<Cfg, T>(p));
+  expert_case::AlignedWorkspace ws(kernels::expert_stage_workspace_size<Cfg, T>(p));
   Diagnostics d{};
   return kernels::run_expert_stage<Cfg>(expert, p, c.template args<Y, MemorySpace::device>(y), ws.w, &d, nullptr,
                                         kernels::LaunchOptions{3});
@@ -229,7 +206,7 @@ template <class Y, class X, class W>
 Status run_cpu(experts::LoraExpert<W> const& expert, Case<X, W> const& c, std::vector<Y>& y, int threads) {
   y.assign(static_cast<std::size_t>(c.shape.tokens * c.shape.hidden), Y(-7.0f));
   auto const p = c.problem();
-  AlignedWorkspace ws(moekit::cpu::experts_workspace_size<experts::LoraExpert<W>, X, Y>(expert, p));
+  expert_case::AlignedWorkspace ws(moekit::cpu::experts_workspace_size<experts::LoraExpert<W>, X, Y>(expert, p));
   moekit::cpu::ThreadPool pool(threads);
   return moekit::cpu::run_experts(expert, p, c.template args<Y, MemorySpace::host>(y), ws.w, nullptr, &pool);
 }
@@ -277,14 +254,14 @@ TEMPLATE_TEST_CASE("LoRA experts on the emulated device against host::reference_
                                      : run_device<kernels::PrefillConfig, float>(expert, c, y);
       INFO(moekit::last_error_message());
       REQUIRE(s == Status::ok);
-      require_within(y, oracle(c, w.lora, unit_roundoff<T>(), u32));
+      require_within(y, oracle(c, w.lora, expert_case::unit_roundoff<T>(), u32));
     }
   }
   SECTION("16-bit output") {
     auto const c = expert_case::make_case<T, T>(lora_shape(37, 8, 16, 4, 77));
     std::vector<T> y;
     REQUIRE(run_device<kernels::PrefillConfig, T>(experts::lora_expert<T>(16.0, 8), c, y) == Status::ok);
-    require_within(y, oracle(c, Lora{16.0, {}}, unit_roundoff<T>(), unit_roundoff<T>()));
+    require_within(y, oracle(c, Lora{16.0, {}}, expert_case::unit_roundoff<T>(), expert_case::unit_roundoff<T>()));
   }
 }
 
@@ -308,7 +285,7 @@ TEMPLATE_TEST_CASE("LoRA experts on the CPU executor against host::reference_lor
     auto const c = expert_case::make_case<T, T>(lora_shape(37, 4, 16, 3, 78));
     std::vector<T> y;
     REQUIRE(run_cpu(experts::lora_expert<T>(8.0, 4), c, y, 2) == Status::ok);
-    require_within(y, oracle(c, Lora{8.0, {}}, u32, unit_roundoff<T>()));
+    require_within(y, oracle(c, Lora{8.0, {}}, u32, expert_case::unit_roundoff<T>()));
   }
 }
 
@@ -345,7 +322,7 @@ TEST_CASE("LoRA: bad rank, alpha or scale give a Status with a message", "[exper
       REQUIRE(message().find("LoRA expert: scale must be finite and > 0") != std::string::npos);
       auto const c = expert_case::make_case<bf16_t, bf16_t>(lora_shape(5, 8, 4, 2, 9));
       std::vector<float> y(static_cast<std::size_t>(5 * 45), -7.0f);
-      AlignedWorkspace ws(1 << 16);
+      expert_case::AlignedWorkspace ws(1 << 16);
       REQUIRE(moekit::cpu::run_experts(bad, c.problem(), c.args<float, MemorySpace::host>(y), ws.w, nullptr, nullptr) ==
               Status::invalid_argument);
       Diagnostics d{};
@@ -378,7 +355,7 @@ void check_merge(std::int64_t E, std::int64_t d_out, std::int64_t d_in, std::int
               HostTensor<float const, 3>::row_major(b.data(), {E, d_out, r}), lora.alpha, lora.scaling,
               HostTensor<W, 3>::row_major(merged.data(), {E, d_out, d_in})) == Status::ok);
   double const s = host::lora_scale(lora.alpha, r, host_scaling(lora.scaling));
-  double const uw = unit_roundoff<W>();
+  double const uw = expert_case::unit_roundoff<W>();
   auto const x = expert_case::random_vector<float>(static_cast<std::size_t>(d_in), 1.0, rng);
   std::vector<float> delta(static_cast<std::size_t>(d_out));
   for (std::int64_t e = 0; e < E; ++e) {
@@ -478,7 +455,7 @@ TEST_CASE("MoeLayer: DynMoLE routing over LoRA experts, CPU executor and emulate
       a.diagnostics = d;
       return a;
     };
-    AlignedWorkspace ws(Layer::workspace_size<T, float>(router, p, device));
+    expert_case::AlignedWorkspace ws(Layer::workspace_size<T, float>(router, p, device));
     Diagnostics d{};
     Status s = Status::ok;
     if (device) {
@@ -502,6 +479,6 @@ TEST_CASE("MoeLayer: DynMoLE routing over LoRA experts, CPU executor and emulate
     }
     CHECK(narrow > 0);
     CHECK(broadcast > 0);
-    require_within(y, oracle(routed, Lora{16.0, {}}, device ? unit_roundoff<T>() : u32, u32));
+    require_within(y, oracle(routed, Lora{16.0, {}}, device ? expert_case::unit_roundoff<T>() : u32, u32));
   }
 }

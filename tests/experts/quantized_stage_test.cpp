@@ -107,20 +107,16 @@ void check_quantized(Shape s, std::vector<int> const& bits, experts::QuantizeOpt
     };
     a.quantized_layout = {layout(gate.q), layout(up.q), layout(down.q)};
     auto const p = c.problem();
-    std::vector<std::byte> ws(kernels::expert_stage_workspace_size<kernels::PrefillConfig, T>(p) + 256);
-    void* base = ws.data();
-    std::size_t space = ws.size();
-    base = std::align(256, 1, base, space);
-    moekit::Workspace w(base, space);
+    expert_case::AlignedWorkspace ws(kernels::expert_stage_workspace_size<kernels::PrefillConfig, T>(p));
     Diagnostics d{};
     INFO(moekit::last_error_message());
-    REQUIRE(kernels::run_expert_stage<kernels::PrefillConfig>(Policy{}, p, a, w, &d, nullptr,
+    REQUIRE(kernels::run_expert_stage<kernels::PrefillConfig>(Policy{}, p, a, ws.w, &d, nullptr,
                                                               kernels::LaunchOptions{max_blocks}) == Status::ok);
     return y;
   };
   auto const y = run(3, 3);
-  auto const oracle = expert_case::oracle<T, T, float>(dequantized, experts::SwiGlu<T>{},
-                                                       std::is_same_v<T, bf16_t> ? 0x1p-8 : 0x1p-11, 0x1p-24);
+  auto const oracle =
+      expert_case::oracle<T, T, float>(dequantized, experts::SwiGlu<T>{}, expert_case::unit_roundoff<T>(), 0x1p-24);
   expert_case::require_within(y, oracle);
   auto const again = run(11, 1);
   REQUIRE(std::memcmp(y.data(), again.data(), y.size() * sizeof(float)) == 0);

@@ -20,11 +20,12 @@
 // thread count. CombineMode::atomic runs the deterministic combine: on the CPU it costs nothing.
 //
 // Quantized<Base> experts (experts/quantized.hpp): X is float or Base's Compute type. Each work
-// item dequantises the few weight rows it multiplies (experts::dequantize_run's bits, to fp32,
-// AVX2 for b ∈ {1, 2, 3, 4, 8}: detail/dequantize.hpp; the CPU
-// keeps fp32 operands and never rounds the weights to Compute) into a 6 KiB panel on its
-// thread's stack, K-block by K-block, just before the microkernel reads them
-// (detail::gemm_nt_dequantized). The shared expert stays dense in Compute.
+// item dequantises the few weight rows it multiplies to fp32 (experts::dequantize_run's bits;
+// AVX2 for 1, 2, 3, 4, 8 bits: detail/dequantize.hpp) into a 6 KiB panel on its thread's stack,
+// K-block by K-block, just before the microkernel reads them (detail::gemm_nt_dequantized). The
+// CPU keeps fp32 operands: the weights are never rounded to Compute. The panel is on the stack,
+// not in the workspace: the pool names no worker, and the workspace size is thread-count free.
+// The shared expert stays dense in Compute.
 //
 // Everything lives in the caller's workspace (experts_workspace_size), carved by one routine in
 // the size query and the run; nothing is allocated on the call path. T = 0 returns after the

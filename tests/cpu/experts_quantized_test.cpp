@@ -230,6 +230,46 @@ TEST_CASE("cpu quantized experts: the executor's dequantiser gives experts::dequ
   }
 }
 
+// The decode path (one activation row: codes decoded into the FMAs' registers) gives the panel
+// path's bits, over two K-blocks and column counts that leave 1 and 2 rows in the last block.
+TEST_CASE("cpu quantized experts: single-row decode path == dequantised panel path, bit for bit",
+          "[cpu][experts][quantized]") {
+  std::int64_t const out = 7, in = 640;
+  std::mt19937 rng(9);
+  std::uniform_real_distribution<float> sym(-1.0f, 1.0f);
+  std::vector<float> w(static_cast<std::size_t>(8 * out * in)), x(static_cast<std::size_t>(in));
+  for (float& v : w) {
+    v = sym(rng);
+  }
+  for (float& v : x) {
+    v = sym(rng);
+  }
+  experts::QuantizedTensor q;
+  REQUIRE(experts::quantize_experts(HostTensor<float const, 3>::row_major(w.data(), {8, out, in}),
+                                    std::vector<int>{1, 2, 3, 4, 5, 6, 7, 8},
+                                    options(128, experts::QuantScheme::asymmetric), q) == Status::ok);
+  auto const v = q.view();
+  for (std::int64_t e = 0; e < 8; ++e) {
+    for (std::int64_t columns : {out, out - 1}) {
+      auto const row = [&](std::int64_t j) {
+        return cpu::detail::CodeRow{v.row(e, j), v.row_scales(e, j), v.row_zeros(e, j)};
+      };
+      auto const dequant = [&](std::int64_t j, std::int64_t k0, std::int64_t kn, float* o) {
+        cpu::detail::dequantize_run_f32(v.row(e, j), v.bits_of(e), k0, kn, v.row_scales(e, j), v.row_zeros(e, j),
+                                        v.group, o);
+      };
+      std::vector<float> panel(static_cast<std::size_t>(out), -1.0f), fused(panel);
+      cpu::detail::gemm_nt_dequantized(1, columns, in, x.data(), in, dequant, panel.data(), out);
+      bool const has = cpu::detail::gemv_dequantized(v.bits_of(e), columns, in, x.data(), v.group, row, fused.data());
+      INFO("bits " << v.bits_of(e) << " columns " << columns);
+      CHECK(has == (MOEKIT_CPU_GEMM_AVX2 && v.bits_of(e) != 5 && v.bits_of(e) != 6 && v.bits_of(e) != 7));
+      if (has) {
+        CHECK(std::memcmp(panel.data(), fused.data(), panel.size() * sizeof(float)) == 0);
+      }
+    }
+  }
+}
+
 TEST_CASE("cpu quantized experts: bad input returns a Status with a message and leaves y untouched",
           "[cpu][experts][quantized]") {
   using Policy = experts::Quantized<experts::SwiGlu<bf16_t>>;

@@ -25,6 +25,7 @@
 // K-block by K-block, just before the microkernel reads them (detail::gemm_nt_dequantized). The
 // CPU keeps fp32 operands: the weights are never rounded to Compute. The panel is on the stack,
 // not in the workspace: the pool names no worker, and the workspace size is thread-count free.
+// Single-row tiles (decode) decode the codes into the FMAs' registers instead (the same bits).
 // The shared expert stays dense in Compute.
 //
 // Everything lives in the caller's workspace (experts_workspace_size), carved by one routine in
@@ -193,6 +194,13 @@ struct ExpertsRun {
                         : which == Projection::up ? t.codes->up
                                                   : t.codes->down;
         int const bits = q.bits_of(t.expert);
+        auto const code_row = [&q, &t, row0](std::int64_t j) {
+          std::int64_t const r = row0 + j;
+          return CodeRow{q.row(t.expert, r), q.row_scales(t.expert, r), q.row_zeros(t.expert, r)};
+        };
+        if (t.rows == 1 && gemv_dequantized(bits, cols, n, act, q.group, code_row, c)) {
+          return;  // decode: codes straight into the FMAs (the same bits as the panel below)
+        }
         auto const dequant = [&q, &t, bits, row0](std::int64_t j, std::int64_t k0, std::int64_t kn, float* out) {
           std::int64_t const r = row0 + j;
           dequantize_run_f32(q.row(t.expert, r), bits, k0, kn, q.row_scales(t.expert, r), q.row_zeros(t.expert, r),

@@ -12,11 +12,10 @@ import sys
 
 skip = sys.argv[3:] if len(sys.argv) > 2 and sys.argv[2] == '--skip' else []
 d=json.load(open(sys.argv[1]))
-src=d['sources'][0]
 out={}
 order=[]
 for arch in ['sm_80','sm_90a']:
-    for k in src['arch'][arch]['kernels']:
+    for k in (k for src in d['sources'] for k in src['arch'][arch]['kernels']):
         n=k['demangled']
         n=re.sub(r'\(.*$','',n).replace('void ','')
         n=re.sub(r'moekit::v0_1::','',n)

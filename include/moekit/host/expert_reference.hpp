@@ -115,7 +115,7 @@ struct ClampedSwigluPoint {
 
 [[nodiscard]] inline ClampedSwigluPoint clamped_swiglu_point(double a, double u, ClampedSwigluParams p) noexcept {
   ClampedSwigluPoint r;
-  r.a_hat = a < p.limit ? a : p.limit;  // NaN stays NaN
+  r.a_hat = a < p.limit ? a : p.limit;  // (a NaN gate becomes the limit; callers refuse non-finite input)
   r.u_hat = u > p.limit ? p.limit : (u < -p.limit ? -p.limit : u);
   double const s = expert_detail::sigmoid(p.alpha * r.a_hat);
   r.f = r.a_hat * s;

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <memory>
 #include <random>
 #include <span>
@@ -42,6 +43,12 @@ constexpr double unit_roundoff() {
   } else {
     return 0x1p-24;
   }
+}
+
+// Bit-identical contents (memcmp is not called on the null data of empty vectors: UBSan).
+template <class T>
+[[nodiscard]] bool same_bits(std::vector<T> const& a, std::vector<T> const& b) {
+  return a.size() == b.size() && (a.empty() || std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0);
 }
 
 // A workspace of n bytes aligned as Workspace::take expects (256 bytes); fresh() carves it anew.

@@ -141,11 +141,11 @@ void check_layer(LayerCase<Router, Policy, X> const& l, bool device,
       if (atomic) {
         other_y = y2;  // the order of the atomic adds differs: compared with the oracle below
       } else {
-        REQUIRE(std::memcmp(y2.data(), y.data(), y.size() * sizeof(Y)) == 0);
+        REQUIRE(expert_case::same_bits(y2, y));
       }
-      REQUIRE(std::memcmp(logits2.data(), logits.data(), logits.size() * sizeof(float)) == 0);
+      REQUIRE(expert_case::same_bits(logits2, logits));
       REQUIRE(ids2 == ids);
-      REQUIRE(std::memcmp(weights2.data(), weights.data(), weights.size() * sizeof(float)) == 0);
+      REQUIRE(expert_case::same_bits(weights2, weights));
       REQUIRE(d2.dropped_assignments == d.dropped_assignments);
       REQUIRE(d2.empty_slots == d.empty_slots);
     }
@@ -196,7 +196,7 @@ void check_layer(LayerCase<Router, Policy, X> const& l, bool device,
   route_with([&](auto const& b) { return moekit::cpu::route(l.router, b); }, cpu_ids, cpu_weights);
   route_with([&](auto const& b) { return moekit::host::reference_route(l.router, b); }, ref_ids, ref_weights);
   REQUIRE(ids == cpu_ids);
-  REQUIRE(std::memcmp(weights.data(), cpu_weights.data(), weights.size() * sizeof(float)) == 0);
+  REQUIRE(expert_case::same_bits(weights, cpu_weights));
   REQUIRE(ids == ref_ids);
   for (std::size_t i = 0; i < weights.size(); ++i) {
     REQUIRE(std::fabs(double(weights[i]) - double(ref_weights[i])) <=

@@ -8,6 +8,7 @@
 #include <random>
 #include <string>
 
+#include "temp_dir.hpp"
 #include <catch2/catch.hpp>
 
 #include "moekit/core/error_message.hpp"
@@ -17,20 +18,9 @@ namespace fs = std::filesystem;
 
 namespace {
 
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    std::random_device rd;
-    path = fs::temp_directory_path() / ("moekit_allocation_test_" + std::to_string(rd()) + std::to_string(rd()));
-    fs::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  TempDir(TempDir const&) = delete;
-  TempDir& operator=(TempDir const&) = delete;
-  fs::path operator/(char const* name) const { return path / name; }
+// A fresh directory per test case, removed afterwards.
+struct TempDir : io_test::TempDir {
+  TempDir() : io_test::TempDir("moekit_allocation_test_") {}
 };
 
 void write_text(fs::path const& p, std::string const& text) {

@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "temp_dir.hpp"
 #include <catch2/catch.hpp>
 
 #include "moekit/core/error_message.hpp"
@@ -25,20 +26,8 @@ namespace fs = std::filesystem;
 namespace {
 
 // A fresh directory per test case, removed afterwards.
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    std::random_device rd;
-    path = fs::temp_directory_path() / ("moekit_npy_test_" + std::to_string(rd()) + std::to_string(rd()));
-    fs::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  TempDir(TempDir const&) = delete;
-  TempDir& operator=(TempDir const&) = delete;
-  fs::path operator/(char const* name) const { return path / name; }
+struct TempDir : io_test::TempDir {
+  TempDir() : io_test::TempDir("moekit_npy_test_") {}
 };
 
 std::vector<std::byte> bytes_of(std::string const& s) {

@@ -17,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "temp_dir.hpp"
 #include <catch2/catch.hpp>
 
 #include "moekit/core/error_message.hpp"
@@ -27,23 +28,8 @@ namespace fs = std::filesystem;
 namespace {
 
 // A fresh directory per test case, removed afterwards.
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    std::random_device rd;
-    path = fs::temp_directory_path() / ("moekit_safetensors_test_" + std::to_string(rd()) + std::to_string(rd()));
-    fs::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  TempDir(TempDir const&) = delete;
-  TempDir& operator=(TempDir const&) = delete;
-  fs::path operator/(char const* name) const { return path / name; }
-  [[nodiscard]] std::size_t entries() const {
-    return static_cast<std::size_t>(std::distance(fs::directory_iterator(path), fs::directory_iterator()));
-  }
+struct TempDir : io_test::TempDir {
+  TempDir() : io_test::TempDir("moekit_safetensors_test_") {}
 };
 
 // A .safetensors image: the 8-byte length `n` (the header's size unless given), the header text
